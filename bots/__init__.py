@@ -1,0 +1,1 @@
+"""The Rasa bot layer (triage, lead capture, handoff); conversations skip it while no Rasa is set."""

@@ -1,0 +1,1 @@
+"""Broadcasts and drips to consenting segments (not built yet)."""

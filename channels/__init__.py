@@ -1,0 +1,1 @@
+"""One module per provider: verify and parse webhooks into normalised events, send messages."""

@@ -1,0 +1,190 @@
+"""The channel interface: normalised events in, outbound messages out, one small taxonomy of errors.
+
+Every provider module implements `Channel`; raw provider payloads never leave `channels/`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Self
+
+from multidict import MultiDict, MultiDictProxy, MultiMapping
+
+DeliveryState = Literal["queued", "sent", "delivered", "read", "failed"]
+ConsentChange = Literal["opt_out", "opt_in"]
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a contact is reachable: `kind` is the identity kind (`phone`, `email`, …)."""
+
+    kind: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    url: str
+    content_type: str | None = None
+    filename: str | None = None
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A message a customer sent, as every channel reports it."""
+
+    provider_message_id: str
+    sender: Address
+    recipient: Address | None
+    text: str
+    attachments: tuple[Attachment, ...] = ()
+    sender_name: str | None = None
+    # Set when the text is a carrier keyword (STOP, START…) that changes the contact's consent.
+    consent_change: ConsentChange | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """A provider's report on a message we sent."""
+
+    provider_message_id: str
+    status: DeliveryState
+    error_code: str | None = None
+    error_message: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+InboundEvent = InboundMessage | DeliveryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRequest:
+    """What a provider sent, independent of the web framework.
+
+    `url` is the URL as the provider called it (rebuilt from `PARLEY_PUBLIC_URL` behind a proxy);
+    `route` is the suffix after `/webhooks/<inbox-id>` ("" for the main hook, "status" for
+    delivery callbacks), so a channel can tell its callbacks apart.
+    """
+
+    method: str
+    url: str
+    route: str
+    headers: Mapping[str, str]
+    body: bytes
+    form: MultiMapping[str] = field(default_factory=lambda: MultiDictProxy(MultiDict()))
+    query: MultiMapping[str] = field(default_factory=lambda: MultiDictProxy(MultiDict()))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookReply:
+    """The body a provider expects in the 2xx answer (Twilio wants TwiML, most want nothing)."""
+
+    body: str = ""
+    content_type: str = "text/plain"
+    status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    message_id: int
+    recipient: Address
+    text: str
+    attachments: tuple[Attachment, ...] = ()
+    status_callback_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendReceipt:
+    provider_message_id: str
+    status: DeliveryState = "sent"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a channel can carry; richer content degrades to what is declared here."""
+
+    media: bool = False
+    buttons: bool = False
+    max_text_length: int | None = None
+
+
+class ChannelError(Exception):
+    """Base of every error a channel raises."""
+
+
+class ConfigurationError(ChannelError):
+    """An inbox's settings or secrets are missing or invalid for its channel."""
+
+
+class SignatureError(ChannelError):
+    """The webhook is unsigned, wrongly signed or stale: answer 403 and store nothing."""
+
+
+class MalformedPayload(ChannelError):
+    """The webhook is signed but cannot be understood: answer 400 and store nothing."""
+
+
+class ChannelAuthError(ChannelError):
+    """The provider refused our credentials: the inbox needs new ones."""
+
+
+class TransientDeliveryError(ChannelError):
+    """Try again later (429, 5xx, timeouts); `retry_after` is the provider's hint in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentDeliveryError(ChannelError):
+    """The provider will never accept this message: mark it failed with `code` and the reason."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Channel(ABC):
+    """A provider adapter, built per inbox from its settings and decrypted secrets."""
+
+    name: ClassVar[str]
+    identity_kind: ClassVar[str]
+    # What consent (opt-in/opt-out) is recorded against: "sms", "whatsapp", "email"…
+    consent_channel: ClassVar[str]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    @classmethod
+    @abstractmethod
+    def validate_config(
+        cls, settings: Mapping[str, Any], secrets: Mapping[str, str]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Check and clean an inbox's settings and secrets; raise `ConfigurationError` if unusable."""
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Mapping[str, Any], secrets: Mapping[str, str]) -> Self:
+        """Build the adapter for one inbox."""
+
+    @abstractmethod
+    def verify(self, request: WebhookRequest) -> None:
+        """Raise `SignatureError` unless the request provably comes from the provider."""
+
+    @abstractmethod
+    def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
+        """Turn a verified request into normalised events; raise `MalformedPayload` if it can't."""
+
+    def acknowledge(self, request: WebhookRequest, events: Sequence[InboundEvent]) -> WebhookReply:
+        """The 2xx answer once the events are stored."""
+        return WebhookReply()
+
+    @abstractmethod
+    async def send(self, message: OutboundMessage) -> SendReceipt:
+        """Send one message; translate provider failures into the error taxonomy above."""
+
+    async def close(self) -> None:
+        """Release connections held by the adapter."""

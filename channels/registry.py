@@ -1,0 +1,13 @@
+"""The channels Parley knows, by name; an inbox's `channel` column is one of these keys."""
+
+from __future__ import annotations
+
+from channels.base import Channel
+from channels.twilio_sms import TwilioSms
+
+CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms,)}
+
+
+def channel_class(name: str) -> type[Channel]:
+    """The adapter class for a channel name; `KeyError` if Parley has none by that name."""
+    return CHANNELS[name]

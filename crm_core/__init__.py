@@ -1,0 +1,1 @@
+"""The CRM core: contacts and their channel identities, consent, and (later) companies and deals."""

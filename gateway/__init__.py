@@ -1,0 +1,1 @@
+"""HTTP ingress: provider webhooks, the inbound pipeline, the REST API and the app factory."""

@@ -1,0 +1,93 @@
+"""The app factory: `create_app(settings)` builds the whole gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.api import setup_api
+from gateway.errors import error_middleware, json_error
+from gateway.keys import DB, DIRECTORY, DISPATCHER, NOTIFIER, SECRET_BOX, SETTINGS
+from gateway.notify import CeleryNotifier
+from gateway.webhooks import MAX_WEBHOOK_BYTES, setup_webhooks
+from gateway.wiring import build_runtime
+from parley.crypto import SecretBox
+from parley.metrics import HTTP_LATENCY
+from parley.settings import Settings
+
+
+def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -> web.Application:
+    """Build the gateway; outbox events are dispatched in-process unless Redis (Celery) is configured."""
+    in_process = settings.redis_url is None if dispatch_in_process is None else dispatch_in_process
+    app = web.Application(middlewares=[_metrics_middleware, error_middleware], client_max_size=MAX_WEBHOOK_BYTES)
+    runtime = build_runtime(settings)
+    app[SETTINGS] = settings
+    app[DB] = runtime.db
+    app[DIRECTORY] = runtime.directory
+    app[SECRET_BOX] = SecretBox(settings.secret_key)
+    app[DISPATCHER] = runtime.dispatcher
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        task: asyncio.Task[None] | None = None
+        celery: CeleryNotifier | None = None
+        if in_process:
+            app[NOTIFIER] = runtime.dispatcher
+            task = asyncio.create_task(runtime.dispatcher.run_forever())
+        else:
+            assert settings.redis_url is not None
+            celery = CeleryNotifier(settings.redis_url)
+            app[NOTIFIER] = celery
+            await celery.start()
+        yield
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if celery is not None:
+            await celery.stop()
+        await runtime.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    setup_webhooks(app)
+    setup_api(app)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    try:
+        await asyncio.wait_for(request.app[DB].ping(), 5)
+    except Exception as e:  # any failure to answer means not ready
+        return json_error(503, "not_ready", f"database unavailable: {type(e).__name__}")
+    return web.json_response({"status": "ready", "database": request.app[DB].dialect})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def _metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        HTTP_LATENCY.labels(request.method, route, str(status)).observe(time.perf_counter() - started)

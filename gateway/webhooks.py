@@ -1,0 +1,72 @@
+"""`POST /webhooks/{inbox_id}[/{route}]`: verify, parse, store, acknowledge."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+
+from channels.base import MalformedPayload, SignatureError, WebhookRequest
+from gateway.errors import json_error
+from gateway.keys import DB, DIRECTORY, NOTIFIER, SETTINGS
+from gateway.pipeline import ingest
+from parley.metrics import INBOUND_MESSAGES, WEBHOOKS
+
+logger = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BYTES = 5 * 1024 * 1024
+_EMPTY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
+
+
+async def handle_webhook(request: web.Request) -> web.StreamResponse:
+    try:
+        inbox_id = int(request.match_info["inbox_id"])
+    except ValueError:
+        return json_error(404, "not_found", "inbox not found")
+    inbox = await request.app[DIRECTORY].get(inbox_id)
+    if inbox is None:
+        WEBHOOKS.labels(channel="unknown", outcome="no_inbox").inc()
+        return json_error(404, "not_found", "inbox not found")
+    channel_name = inbox.channel_name
+
+    body = await request.read()
+    form = _EMPTY
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = MultiDictProxy(MultiDict(await request.post()))  # type: ignore[arg-type]
+    public_url = request.app[SETTINGS].public_url
+    url = f"{public_url}{request.path_qs}" if public_url else str(request.url)
+    hook = WebhookRequest(
+        method=request.method,
+        url=url,
+        route=request.match_info.get("route", ""),
+        headers=request.headers,
+        body=body,
+        form=form,
+        query=request.query,
+    )
+    try:
+        inbox.channel.verify(hook)
+    except SignatureError as e:
+        WEBHOOKS.labels(channel=channel_name, outcome="forged").inc()
+        logger.warning("inbox %s: rejected webhook: %s", inbox_id, e)
+        return json_error(403, "invalid_signature", str(e))
+    try:
+        events = inbox.channel.parse(hook)
+    except MalformedPayload as e:
+        WEBHOOKS.labels(channel=channel_name, outcome="malformed").inc()
+        logger.warning("inbox %s: malformed webhook: %s", inbox_id, e)
+        return json_error(400, "malformed_payload", str(e))
+
+    result = await ingest(request.app[DB], inbox, events)
+    if result.stored or result.statuses_applied:
+        request.app[NOTIFIER].notify()
+    INBOUND_MESSAGES.labels(channel=channel_name).inc(len(result.stored))
+    WEBHOOKS.labels(channel=channel_name, outcome="duplicate" if result.duplicates else "accepted").inc()
+    reply = inbox.channel.acknowledge(hook, events)
+    return web.Response(text=reply.body, content_type=reply.content_type, status=reply.status)
+
+
+def setup_webhooks(app: web.Application) -> None:
+    app.router.add_post("/webhooks/{inbox_id}", handle_webhook)
+    app.router.add_post("/webhooks/{inbox_id}/{route}", handle_webhook)

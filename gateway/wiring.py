@@ -1,0 +1,39 @@
+"""Wiring: which handlers consume which outbox topics, shared by `parley serve` and the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inbox.delivery import OutboundDelivery
+from inbox.runtime import InboxDirectory
+from inbox.service import OUTBOUND_TOPIC
+from parley.crypto import SecretBox
+from parley.db import Database
+from parley.outbox import Dispatcher, Handler
+from parley.settings import Settings
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    db: Database
+    directory: InboxDirectory
+    dispatcher: Dispatcher
+
+    async def close(self) -> None:
+        await self.directory.close()
+        await self.db.dispose()
+
+
+def build_subscribers(settings: Settings, db: Database, directory: InboxDirectory) -> dict[str, list[Handler]]:
+    """Every outbox topic with the handlers that consume it."""
+    delivery = OutboundDelivery(db, directory, lambda: settings.public_url)
+    return {OUTBOUND_TOPIC: [delivery.deliver]}
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The database, inbox directory and dispatcher of one process."""
+    db = Database(settings.database_url)
+    directory = InboxDirectory(db, SecretBox(settings.secret_key))
+    dispatcher = Dispatcher(db, build_subscribers(settings, db, directory))
+    return Runtime(settings, db, directory, dispatcher)

@@ -1,0 +1,1 @@
+"""Inboxes, conversations and messages; outbound delivery; (later) the agents' web UI."""

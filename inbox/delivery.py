@@ -1,0 +1,136 @@
+"""Outbound delivery: the outbox handler that hands queued messages to their channel."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select, update
+
+from channels.base import (
+    Address,
+    Attachment,
+    ChannelAuthError,
+    OutboundMessage,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+from crm_core.consent import has_opted_out
+from crm_core.models import ChannelIdentity
+from inbox.models import Conversation, Message, MessageStatus
+from inbox.runtime import InboxDirectory
+from parley.db import Database
+from parley.metrics import MESSAGES_SENT
+from parley.outbox import Event, RetryLater, emit
+
+logger = logging.getLogger(__name__)
+
+OPTED_OUT_CODE = "opted_out"
+
+
+class OutboundDelivery:
+    """Sends a queued message once; transient failures come back through the outbox's backoff."""
+
+    def __init__(
+        self,
+        db: Database,
+        directory: InboxDirectory,
+        public_url: Callable[[], str | None],
+        *,
+        max_attempts: int = 8,
+    ) -> None:
+        self.db = db
+        self.directory = directory
+        self.public_url = public_url
+        self.max_attempts = max_attempts
+
+    async def deliver(self, event: Event) -> None:
+        """Handler for `message.outbound`."""
+        message_id = int(event.payload["message_id"])
+        async with self.db.sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(Message, Conversation.contact_id, ChannelIdentity.kind, ChannelIdentity.address)
+                    .join(Conversation, Conversation.id == Message.conversation_id)
+                    .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
+                    .where(Message.id == message_id, Message.tenant_id == event.tenant_id)
+                )
+            ).one_or_none()
+            if row is None or row.Message.status != MessageStatus.QUEUED:
+                return  # already sent (a redelivered event) or deleted
+            message: Message = row.Message
+            inbox = await self.directory.get(message.inbox_id)
+            if inbox is None:
+                await self._fail(message, "inbox_deleted", "The inbox was deleted before the message was sent.")
+                return
+            if await has_opted_out(session, contact_id=row.contact_id, channel=inbox.channel.consent_channel):
+                await self._fail(
+                    message,
+                    OPTED_OUT_CODE,
+                    f"The recipient opted out of {inbox.channel.consent_channel} messages (e.g. replied STOP); "
+                    "nothing was sent.",
+                )
+                return
+
+        base = self.public_url()
+        outbound = OutboundMessage(
+            message_id=message.id,
+            recipient=Address(row.kind, row.address),
+            text=message.body,
+            attachments=tuple(Attachment(a["url"], a.get("content_type")) for a in message.attachments),
+            status_callback_url=f"{base}/webhooks/{message.inbox_id}/status" if base else None,
+        )
+        attempt = message.attempts + 1
+        try:
+            receipt = await inbox.channel.send(outbound)
+        except TransientDeliveryError as e:
+            if attempt >= self.max_attempts:
+                await self._fail(message, "gave_up", f"Gave up after {attempt} attempts: {e}")
+                return
+            await self._update(message, attempts=attempt, error_message=f"Retrying: {e}")
+            raise RetryLater(str(e), delay=e.retry_after) from e
+        except PermanentDeliveryError as e:
+            await self._fail(message, e.code or "rejected", str(e))
+            return
+        except ChannelAuthError as e:
+            await self._fail(message, "channel_auth", f"The provider refused the inbox's credentials: {e}")
+            return
+        status = MessageStatus.SENT if receipt.status == "queued" else MessageStatus(receipt.status)
+        await self._update(
+            message,
+            status=status,
+            provider_message_id=receipt.provider_message_id,
+            attempts=attempt,
+            error_message=None,
+            emit_update=True,
+        )
+        MESSAGES_SENT.labels(channel=inbox.channel_name, outcome="sent").inc()
+
+    async def _fail(self, message: Message, code: str, reason: str) -> None:
+        logger.info("message %s failed: %s (%s)", message.id, reason, code)
+        MESSAGES_SENT.labels(channel="any", outcome="failed").inc()
+        await self._update(
+            message, status=MessageStatus.FAILED, error_code=code, error_message=reason, emit_update=True
+        )
+
+    async def _update(self, message: Message, *, emit_update: bool = False, **values: Any) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == message.id, Message.status == MessageStatus.QUEUED)
+                .values(**values)
+            )
+            if emit_update:
+                await emit(
+                    session,
+                    message.tenant_id,
+                    (
+                        "message.updated",
+                        {
+                            "message_id": message.id,
+                            "conversation_id": message.conversation_id,
+                            "status": str(values.get("status", message.status)),
+                        },
+                    ),
+                )

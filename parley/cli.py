@@ -1,0 +1,166 @@
+"""The `parley` command. Like the Celery app, it is a composition root: `serve` and `worker`
+import the gateway lazily, so the `parley` package itself depends on nothing above it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from parley.auth import create_tenant_admin, issue_token, normalise_email
+from parley.db import Database
+from parley.migrate import upgrade
+from parley.models import Role, User
+from parley.settings import Settings
+
+T = TypeVar("T")
+
+
+def _run(fn: Callable[[Database], Awaitable[T]], settings: Settings) -> T:
+    async def main() -> T:
+        db = Database(settings.database_url)
+        try:
+            return await fn(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(package_name="parley")
+def main() -> None:
+    """Parley: omnichannel messaging hub. Configured by PARLEY_* environment variables."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create the database or bring it to the newest schema."""
+    settings = Settings.from_env()
+    _run(lambda db: upgrade(db.engine), settings)
+    click.echo(f"database at the newest schema ({settings.database_url.split('@')[-1]})")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
+def serve(host: str, port: int) -> None:
+    """Run the gateway (webhooks, API); migrates the database first."""
+    from aiohttp import web
+
+    from gateway.app import create_app
+
+    settings = Settings.from_env()
+    _logging(settings)
+    _run(lambda db: upgrade(db.engine), settings)
+    if settings.public_url is None:
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - comparing, not binding
+        settings = settings.with_public_url(f"http://{local}:{port}")
+        logging.getLogger("parley").warning(
+            "PARLEY_PUBLIC_URL is not set: providers will be told to call back %s", settings.public_url
+        )
+    loop: Any = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # uvloop is optional (not on Windows)
+        pass
+    web.run_app(create_app(settings), host=host, port=port, loop=loop, access_log=None, print=click.echo)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--concurrency", default=4, show_default=True, type=int, help="Worker processes.")
+@click.option("--beat/--no-beat", default=False, help="Also run the scheduler (one per deployment).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(concurrency: int, beat: bool, celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker that dispatches outbox events (needs PARLEY_REDIS_URL)."""
+    from parley.tasks import celery_app
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise click.UsageError("PARLEY_REDIS_URL is not set; `parley serve` dispatches in-process without it")
+    argv = ["worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency)]
+    if beat:
+        argv.append("--beat")
+    celery_app(settings.redis_url).worker_main([*argv, *celery_args])
+
+
+@main.command()
+def beat() -> None:
+    """Run the Celery beat scheduler on its own (the outbox sweep); one per deployment."""
+    from parley.tasks import celery_app
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise click.UsageError("PARLEY_REDIS_URL is not set")
+    celery_app(settings.redis_url).start(["beat", "--loglevel", settings.log_level])
+
+
+@main.group()
+def admin() -> None:
+    """Manage tenants and their administrators."""
+
+
+@admin.command("create")
+@click.option("--email", required=True, help="The administrator's email (their sign-in).")
+@click.option("--password", required=True, help="At least 8 characters.")
+@click.option("--tenant", "tenant_name", default="default", show_default=True, help="Tenant to create or join.")
+@click.option(
+    "--role", type=click.Choice([r.value for r in Role]), default=Role.ADMIN.value, show_default=True
+)
+def admin_create(email: str, password: str, tenant_name: str, role: str) -> None:
+    """Create a tenant (unless it exists) and a user in it, an admin by default."""
+    settings = Settings.from_env()
+
+    async def create(db: Database) -> User:
+        await upgrade(db.engine)
+        async with db.transaction() as session:
+            return await create_tenant_admin(
+                session, email=email, password=password, tenant_name=tenant_name, role=Role(role)
+            )
+
+    try:
+        user = _run(create, settings)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"created {user.role} {user.email} (user {user.id}) in tenant {tenant_name!r} ({user.tenant_id})")
+
+
+@main.group()
+def token() -> None:
+    """Manage API tokens."""
+
+
+@token.command("create")
+@click.option("--email", required=True, help="The user the token acts as (and whose role it carries).")
+@click.option("--name", default="cli", show_default=True, help="A label to recognise the token by.")
+def token_create(email: str, name: str) -> None:
+    """Print a new API token for a user. It is shown once; only its hash is stored."""
+    from sqlalchemy import select
+
+    settings = Settings.from_env()
+
+    async def create(db: Database) -> str | None:
+        async with db.transaction() as session:
+            user = (
+                await session.execute(select(User).where(User.email == normalise_email(email)))
+            ).scalar_one_or_none()
+            return None if user is None else await issue_token(session, user, name=name)
+
+    value = _run(create, settings)
+    if value is None:
+        raise click.ClickException(f"no user with email {email}")
+    click.echo(value)

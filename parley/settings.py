@@ -1,0 +1,69 @@
+"""Settings read from `PARLEY_*` environment variables, once, by whoever builds the app."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything Parley reads from its environment."""
+
+    database_url: str
+    data_dir: Path
+    secret_key: str
+    redis_url: str | None = None
+    rasa_url: str | None = None
+    public_url: str | None = None
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `PARLEY_*` variables, with embedded defaults for the rest."""
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("PARLEY_DATA_DIR") or Path.cwd()).resolve()
+        database_url = env.get("PARLEY_DATABASE_URL") or f"sqlite:///{data_dir / 'parley.db'}"
+        secret_key = env.get("PARLEY_SECRET_KEY") or _local_secret_key(data_dir)
+        public_url = env.get("PARLEY_PUBLIC_URL") or None
+        return cls(
+            database_url=normalise_database_url(database_url),
+            data_dir=data_dir,
+            secret_key=secret_key,
+            redis_url=env.get("PARLEY_REDIS_URL") or None,
+            rasa_url=env.get("PARLEY_RASA_URL") or None,
+            public_url=public_url.rstrip("/") if public_url else None,
+            log_level=env.get("PARLEY_LOG_LEVEL", "INFO").upper(),
+        )
+
+    def with_public_url(self, url: str) -> Settings:
+        """A copy whose public URL is `url` unless one was configured."""
+        return self if self.public_url else replace(self, public_url=url.rstrip("/"))
+
+
+def normalise_database_url(url: str) -> str:
+    """Pick the async driver for a plain `postgresql://` or `sqlite://` URL."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _local_secret_key(data_dir: Path) -> str:
+    """The embedded default keeps a generated key beside its database, so restarts can decrypt."""
+    path = data_dir / "parley-secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key

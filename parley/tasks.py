@@ -1,0 +1,69 @@
+"""The Celery app: at scale, workers run the same outbox dispatcher the embedded default runs in-process.
+
+Like the CLI, this is a composition root: the worker builds its handlers from `gateway.wiring`,
+imported lazily so that `parley` itself does not depend on the packages above it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from celery import Celery
+
+DISPATCH_TASK = "parley.dispatch"
+
+_apps: dict[str, Celery] = {}
+_local = threading.local()
+
+
+def celery_app(broker_url: str) -> Celery:
+    """The Celery app for a broker URL (Redis or RabbitMQ), with the outbox sweep on beat."""
+    if broker_url in _apps:
+        return _apps[broker_url]
+    app = Celery("parley", broker=broker_url)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        broker_connection_retry_on_startup=True,
+        # The sweep catches events whose notification was lost and retries that have come due.
+        beat_schedule={"outbox-sweep": {"task": DISPATCH_TASK, "schedule": 1.0}},
+        timezone="UTC",
+    )
+    app.task(name=DISPATCH_TASK)(dispatch)
+    _apps[broker_url] = app
+    return app
+
+
+def dispatch() -> int:
+    """Run the outbox dispatcher until nothing is due; return how many events it processed."""
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(runtime["dispatcher"].run_until_idle())
+    return result
+
+
+def _runtime() -> dict[str, Any]:
+    # One event loop, engine and dispatcher per worker thread (prefork children each get their own).
+    runtime: dict[str, Any] | None = getattr(_local, "runtime", None)
+    if runtime is None:
+        from gateway.wiring import build_runtime
+        from parley.settings import Settings
+
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        built = build_runtime(Settings.from_env())
+        runtime = {"loop": loop, "dispatcher": built.dispatcher, "runtime": built}
+        _local.runtime = runtime
+    return runtime
+
+
+def shutdown_runtime() -> None:
+    """Dispose of this thread's runtime (used by tests and worker shutdown)."""
+    runtime = getattr(_local, "runtime", None)
+    if runtime is not None:
+        runtime["loop"].run_until_complete(runtime["runtime"].close())
+        runtime["loop"].close()
+        del _local.runtime

@@ -1,0 +1,1 @@
+"""Assignment, the waiting queue and SLA clocks (not built yet)."""
