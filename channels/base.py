@@ -186,5 +186,5 @@ class Channel(ABC):
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """Send one message; translate provider failures into the error taxonomy above."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
         """Release connections held by the adapter."""

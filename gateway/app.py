@@ -23,7 +23,9 @@ from parley.settings import Settings
 def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -> web.Application:
     """Build the gateway; outbox events are dispatched in-process unless Redis (Celery) is configured."""
     in_process = settings.redis_url is None if dispatch_in_process is None else dispatch_in_process
-    app = web.Application(middlewares=[_metrics_middleware, error_middleware], client_max_size=MAX_WEBHOOK_BYTES)
+    app = web.Application(
+        middlewares=[_metrics_middleware, error_middleware], client_max_size=MAX_WEBHOOK_BYTES
+    )
     runtime = build_runtime(settings)
     app[SETTINGS] = settings
     app[DB] = runtime.db
@@ -89,5 +91,7 @@ async def _metrics_middleware(
         status = e.status
         raise
     finally:
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        route = (
+            request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        )
         HTTP_LATENCY.labels(request.method, route, str(status)).observe(time.perf_counter() - started)

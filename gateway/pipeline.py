@@ -71,7 +71,9 @@ async def _store_message(
     )
     one = select(literal(1).label("one")).subquery()
     lookup = (
-        select(duplicate.label("duplicate_id"), ChannelIdentity.id, ChannelIdentity.contact_id, Conversation.id)
+        select(
+            duplicate.label("duplicate_id"), ChannelIdentity.id, ChannelIdentity.contact_id, Conversation.id
+        )
         .select_from(one)
         .outerjoin(
             ChannelIdentity,
@@ -146,7 +148,10 @@ async def _store_message(
             )
         ).scalar_one()
         events.append(
-            ("conversation.opened", {"conversation_id": conversation_id, "inbox_id": inbox.id, "contact_id": contact_id})
+            (
+                "conversation.opened",
+                {"conversation_id": conversation_id, "inbox_id": inbox.id, "contact_id": contact_id},
+            )
         )
     else:
         # A customer writing again wakes a snoozed or pending conversation.
@@ -184,7 +189,12 @@ async def _store_message(
     events.append(
         (
             "message.received",
-            {"message_id": message_id, "conversation_id": conversation_id, "inbox_id": inbox.id, "contact_id": contact_id},
+            {
+                "message_id": message_id,
+                "conversation_id": conversation_id,
+                "inbox_id": inbox.id,
+                "contact_id": contact_id,
+            },
         )
     )
 
@@ -221,7 +231,7 @@ async def _apply_status(
                 Message.inbox_id == inbox.id,
                 Message.provider_message_id == event.provider_message_id,
                 Message.direction == "outbound",
-                _RANK_SQL < new_rank,
+                new_rank > _RANK_SQL,
             )
             .values(
                 status=event.status,

@@ -25,7 +25,9 @@ class Runtime:
         await self.db.dispose()
 
 
-def build_subscribers(settings: Settings, db: Database, directory: InboxDirectory) -> dict[str, list[Handler]]:
+def build_subscribers(
+    settings: Settings, db: Database, directory: InboxDirectory
+) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
     delivery = OutboundDelivery(db, directory, lambda: settings.public_url)
     return {OUTBOUND_TOPIC: [delivery.deliver]}

@@ -48,6 +48,7 @@ class OutboundDelivery:
     async def deliver(self, event: Event) -> None:
         """Handler for `message.outbound`."""
         message_id = int(event.payload["message_id"])
+        # Read, then close the session before any write: on SQLite a session holds the write lock.
         async with self.db.sessionmaker() as session:
             row = (
                 await session.execute(
@@ -61,17 +62,20 @@ class OutboundDelivery:
                 return  # already sent (a redelivered event) or deleted
             message: Message = row.Message
             inbox = await self.directory.get(message.inbox_id)
-            if inbox is None:
-                await self._fail(message, "inbox_deleted", "The inbox was deleted before the message was sent.")
-                return
-            if await has_opted_out(session, contact_id=row.contact_id, channel=inbox.channel.consent_channel):
-                await self._fail(
-                    message,
-                    OPTED_OUT_CODE,
-                    f"The recipient opted out of {inbox.channel.consent_channel} messages (e.g. replied STOP); "
-                    "nothing was sent.",
-                )
-                return
+            opted_out = inbox is not None and await has_opted_out(
+                session, contact_id=row.contact_id, channel=inbox.channel.consent_channel
+            )
+        if inbox is None:
+            await self._fail(message, "inbox_deleted", "The inbox was deleted before the message was sent.")
+            return
+        if opted_out:
+            await self._fail(
+                message,
+                OPTED_OUT_CODE,
+                f"The recipient opted out of {inbox.channel.consent_channel} messages (e.g. replied STOP); "
+                "nothing was sent.",
+            )
+            return
 
         base = self.public_url()
         outbound = OutboundMessage(

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley.db import utcnow
 from parley.models import ApiToken, Role, Tenant, User
 
-TOKEN_PREFIX = "prl_"
+TOKEN_PREFIX = "prl_"  # noqa: S105 - a prefix that makes leaked tokens recognisable, not a secret
 _hasher = PasswordHasher()
 
 
@@ -73,7 +73,11 @@ async def issue_token(session: AsyncSession, user: User, *, name: str = "") -> s
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(
         ApiToken(
-            tenant_id=user.tenant_id, user_id=user.id, name=name, role=user.role, token_hash=_token_digest(token)
+            tenant_id=user.tenant_id,
+            user_id=user.id,
+            name=name,
+            role=user.role,
+            token_hash=_token_digest(token),
         )
     )
     await session.flush()

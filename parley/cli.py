@@ -117,7 +117,9 @@ def admin() -> None:
 @admin.command("create")
 @click.option("--email", required=True, help="The administrator's email (their sign-in).")
 @click.option("--password", required=True, help="At least 8 characters.")
-@click.option("--tenant", "tenant_name", default="default", show_default=True, help="Tenant to create or join.")
+@click.option(
+    "--tenant", "tenant_name", default="default", show_default=True, help="Tenant to create or join."
+)
 @click.option(
     "--role", type=click.Choice([r.value for r in Role]), default=Role.ADMIN.value, show_default=True
 )
@@ -136,7 +138,9 @@ def admin_create(email: str, password: str, tenant_name: str, role: str) -> None
         user = _run(create, settings)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"created {user.role} {user.email} (user {user.id}) in tenant {tenant_name!r} ({user.tenant_id})")
+    click.echo(
+        f"created {user.role} {user.email} (user {user.id}) in tenant {tenant_name!r} ({user.tenant_id})"
+    )
 
 
 @main.group()

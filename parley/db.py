@@ -65,9 +65,7 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 20) -> None:
         self.url = url
         if url.startswith("sqlite"):
-            self.engine: AsyncEngine = create_async_engine(
-                url, echo=echo, connect_args={"timeout": 30}
-            )
+            self.engine: AsyncEngine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
             _configure_sqlite(self.engine)
         else:
             self.engine = create_async_engine(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-WEBHOOKS = Counter("parley_webhooks_total", "Provider webhooks by channel and outcome", ["channel", "outcome"])
+WEBHOOKS = Counter(
+    "parley_webhooks_total", "Provider webhooks by channel and outcome", ["channel", "outcome"]
+)
 INBOUND_MESSAGES = Counter("parley_inbound_messages_total", "Inbound messages stored", ["channel"])
-MESSAGES_SENT = Counter("parley_outbound_messages_total", "Outbound send attempts by outcome", ["channel", "outcome"])
+MESSAGES_SENT = Counter(
+    "parley_outbound_messages_total", "Outbound send attempts by outcome", ["channel", "outcome"]
+)
 HTTP_LATENCY = Histogram(
     "parley_http_request_seconds",
     "HTTP request latency by route",

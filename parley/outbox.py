@@ -9,6 +9,7 @@ exponential backoff and jitter when one fails. Handlers must be idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -42,7 +43,7 @@ class Event:
 Handler = Callable[[Event], Awaitable[None]]
 
 
-class RetryLater(Exception):  # noqa: N818 - it is a signal, not a failure
+class RetryLater(Exception):
     """Raised by a handler to be called again later; `delay` is a lower bound in seconds."""
 
     def __init__(self, reason: str, *, delay: float | None = None) -> None:
@@ -50,17 +51,22 @@ class RetryLater(Exception):  # noqa: N818 - it is a signal, not a failure
         self.delay = delay
 
 
-async def emit(
-    session: AsyncSession, tenant_id: int | None, *events: tuple[str, Mapping[str, Any]]
-) -> None:
+async def emit(session: AsyncSession, tenant_id: int | None, *events: tuple[str, Mapping[str, Any]]) -> None:
     """Add events to the session's transaction (one INSERT); they are published only if it commits."""
     if events:
         now = utcnow()
         await session.execute(
             insert(OutboxEvent),
             [
-                {"tenant_id": tenant_id, "topic": topic, "payload": dict(payload), "created_at": now,
-                 "available_at": now, "attempts": 0, "handled": []}
+                {
+                    "tenant_id": tenant_id,
+                    "topic": topic,
+                    "payload": dict(payload),
+                    "created_at": now,
+                    "available_at": now,
+                    "attempts": 0,
+                    "handled": [],
+                }
                 for topic, payload in events
             ],
         )
@@ -149,10 +155,8 @@ class Dispatcher:
                 await asyncio.sleep(poll_interval)
             if n < self.batch_size:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll_interval)
-                except TimeoutError:
-                    pass
 
     async def _claim(self) -> list[Event]:
         now = utcnow()
@@ -180,7 +184,15 @@ class Dispatcher:
         async with self.db.transaction() as session:
             rows = (await session.execute(claim)).all()
         events = [
-            Event(row.id, row.tenant_id, row.topic, row.payload, row.attempts, row.created_at, tuple(row.handled or ()))
+            Event(
+                row.id,
+                row.tenant_id,
+                row.topic,
+                row.payload,
+                row.attempts,
+                row.created_at,
+                tuple(row.handled or ()),
+            )
             for row in rows
         ]
         return sorted(events, key=lambda e: e.id)
@@ -217,7 +229,9 @@ class Dispatcher:
         async with self.db.transaction() as session:
             if done:
                 await session.execute(
-                    update(OutboxEvent).where(OutboxEvent.id.in_(done)).values(completed_at=now, last_error=None)
+                    update(OutboxEvent)
+                    .where(OutboxEvent.id.in_(done))
+                    .values(completed_at=now, last_error=None)
                 )
             for o in outcomes:
                 if o.error is None:
@@ -229,7 +243,9 @@ class Dispatcher:
                 else:
                     wait = backoff(o.event.attempts, at_least=o.delay)
                     values["available_at"] = now + timedelta(seconds=wait)
-                await session.execute(update(OutboxEvent).where(OutboxEvent.id == o.event.id).values(**values))
+                await session.execute(
+                    update(OutboxEvent).where(OutboxEvent.id == o.event.id).values(**values)
+                )
 
     async def _next_due(self) -> datetime | None:
         async with self.db.sessionmaker() as session:

@@ -1,0 +1,300 @@
+"""SMS through the whole gateway, on both databases: signed webhooks in, replies out via the fake Twilio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
+from sqlalchemy import func, select, text
+
+from crm_core.models import ChannelIdentity, Consent, Contact
+from gateway.app import create_app
+from gateway.keys import NOTIFIER
+from inbox.models import Conversation, Message
+from inbox.service import queue_outbound
+from parley.db import Database
+from parley.models import OutboxEvent
+from parley.settings import Settings
+from tests.conftest import TenantAccess, make_tenant, make_twilio_inbox
+from tests.fakes.twilio_api import FakeTwilioApi, load_fixture, post_signed
+
+
+@dataclass
+class Gateway:
+    client: TestClient[Any, Any]
+    db: Database
+    tenant: TenantAccess
+    inbox_id: int
+    fake: FakeTwilioApi
+    base_url: str
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.base_url}/webhooks/{self.inbox_id}"
+
+    async def post(self, params: Any, *, route: str = "", signature: str | None = None) -> tuple[int, str]:
+        url = f"{self.webhook_url}/{route}" if route else self.webhook_url
+        async with aiohttp.ClientSession() as session:
+            result = await post_signed(session, url, params, self.fake.auth_token, signature=signature)
+        return result.status, result.text
+
+    async def count(self, model: Any) -> int:
+        async with self.db.sessionmaker() as session:
+            return int((await session.execute(select(func.count()).select_from(model))).scalar_one())
+
+
+@pytest_asyncio.fixture
+async def gateway(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    db: Database,
+    settings: Settings,
+    public_port: int,
+    fake_twilio: FakeTwilioApi,
+) -> AsyncIterator[Gateway]:
+    tenant = await make_tenant(db, "acme")
+    inbox_id = await make_twilio_inbox(
+        db, tenant.tenant_id, fake_twilio.base_url, fake_twilio.account_sid, fake_twilio.auth_token
+    )
+    client = await aiohttp_client(
+        create_app(settings), server_kwargs={"port": public_port, "host": "127.0.0.1"}
+    )
+    yield Gateway(client, db, tenant, inbox_id, fake_twilio, f"http://127.0.0.1:{public_port}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def message_row(db: Database, message_id: int) -> Message:
+    async with db.sessionmaker() as session:
+        return (await session.execute(select(Message).where(Message.id == message_id))).scalar_one()
+
+
+async def reply(gw: Gateway, body: str) -> int:
+    """Queue an agent reply in the only conversation and wake the dispatcher, as the API does."""
+    async with gw.db.transaction() as session:
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+        message = await queue_outbound(
+            session, conversation, body=body, sender_type="user", sender_id=gw.tenant.user_id
+        )
+    gw.client.app[NOTIFIER].notify()
+    return message.id
+
+
+async def test_signed_sms_creates_contact_conversation_and_message(gateway: Gateway) -> None:
+    status, body = await gateway.post(load_fixture("inbound__sms"))
+    assert status == 200
+    assert "<Response" in body  # empty TwiML: Parley answers in its own time, not by TwiML
+
+    async with gateway.db.sessionmaker() as session:
+        contact = (await session.execute(select(Contact))).scalar_one()
+        identity = (await session.execute(select(ChannelIdentity))).scalar_one()
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+        message = (await session.execute(select(Message))).scalar_one()
+        topics = sorted((await session.execute(select(OutboxEvent.topic))).scalars())
+    assert (identity.kind, identity.address, identity.contact_id) == ("phone", "+14155550100", contact.id)
+    assert contact.phone == "+14155550100" and contact.tenant_id == gateway.tenant.tenant_id
+    assert (conversation.contact_id, conversation.inbox_id, conversation.status) == (
+        contact.id,
+        gateway.inbox_id,
+        "open",
+    )
+    assert message.body == "Hi, is my order on its way?"
+    assert (message.direction, message.status, message.provider_message_id) == (
+        "inbound",
+        "received",
+        "SM1f0e8ae6ade43cb3c0ce4525424e404f",
+    )
+    assert message.extra["FromCity"] == "SAN FRANCISCO"
+    assert topics == ["contact.created", "conversation.opened", "message.received"]
+
+
+async def test_second_message_joins_the_open_conversation(gateway: Gateway) -> None:
+    first = load_fixture("inbound__sms")
+    second = [(k, "SM" + "2" * 32 if k in ("MessageSid", "SmsSid", "SmsMessageSid") else v) for k, v in first]
+    assert (await gateway.post(first))[0] == 200
+    assert (await gateway.post(second))[0] == 200
+    assert await gateway.count(Contact) == 1
+    assert await gateway.count(Conversation) == 1
+    assert await gateway.count(Message) == 2
+
+
+async def test_same_message_sid_posted_20_times_concurrently_is_stored_once(gateway: Gateway) -> None:
+    params = load_fixture("inbound__sms")
+    results = await asyncio.gather(*(gateway.post(params) for _ in range(20)))
+    assert [status for status, _ in results] == [200] * 20
+    assert await gateway.count(Message) == 1
+    assert await gateway.count(Contact) == 1
+    assert await gateway.count(Conversation) == 1
+    async with gateway.db.sessionmaker() as session:
+        received = (
+            await session.execute(select(func.count()).where(OutboxEvent.topic == "message.received"))
+        ).scalar_one()
+    assert received == 1
+
+
+@pytest.mark.parametrize("signature", ["", "c2lnbmVkIGJ5IHNvbWVvbmUgZWxzZQ=="])
+async def test_unsigned_or_wrongly_signed_webhook_is_rejected_and_stores_nothing(
+    gateway: Gateway, signature: str
+) -> None:
+    status, body = await gateway.post(load_fixture("inbound__sms"), signature=signature)
+    assert status == 403
+    assert '"invalid_signature"' in body
+    for model in (Message, Contact, Conversation, OutboxEvent):
+        assert await gateway.count(model) == 0
+
+
+async def test_signature_for_a_tampered_body_is_rejected(gateway: Gateway) -> None:
+    from tests.fakes.twilio_api import sign
+
+    params = load_fixture("inbound__sms")
+    good = sign(gateway.webhook_url, params, gateway.fake.auth_token)
+    tampered = [(k, "Send me your password" if k == "Body" else v) for k, v in params]
+    status, _ = await gateway.post(tampered, signature=good)
+    assert status == 403
+    assert await gateway.count(Message) == 0
+
+
+async def test_signed_but_malformed_webhook_is_a_400_and_stores_nothing(gateway: Gateway) -> None:
+    status, body = await gateway.post(load_fixture("malformed__no_from"))
+    assert status == 400
+    assert '"malformed_payload"' in body
+    assert await gateway.count(Message) == 0
+
+
+async def test_unknown_inbox_is_a_404(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{gateway.base_url}/webhooks/999999", data={"From": "+1"}) as response:
+            assert response.status == 404
+        async with session.post(f"{gateway.base_url}/webhooks/not-a-number", data={"From": "+1"}) as response:
+            assert response.status == 404
+
+
+async def test_database_failure_answers_5xx_writes_nothing_and_the_retry_succeeds(gateway: Gateway) -> None:
+    params = load_fixture("inbound__sms")
+    async with gateway.db.transaction() as session:
+        await session.execute(text("ALTER TABLE messages RENAME TO messages_away"))
+    status, body = await gateway.post(params)
+    assert status == 503
+    assert '"database_unavailable"' in body
+    assert await gateway.count(Contact) == 0  # the contact created before the failure was rolled back
+    assert await gateway.count(Conversation) == 0
+    async with gateway.db.transaction() as session:
+        await session.execute(text("ALTER TABLE messages_away RENAME TO messages"))
+    # The provider retries; a stale prepared statement may cost one more 5xx, never a duplicate.
+    for _ in range(3):
+        status, _ = await gateway.post(params)
+        if status == 200:
+            break
+    assert status == 200
+    assert await gateway.count(Message) == 1
+
+
+async def test_reply_goes_out_through_twilio_and_callbacks_move_it_to_delivered(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("inbound__sms")))[0] == 200
+    message_id = await reply(gateway, "It ships tomorrow.")
+
+    async def sent() -> bool:
+        return (await message_row(gateway.db, message_id)).status == "sent"
+
+    await eventually(sent)
+    message = await message_row(gateway.db, message_id)
+    request = gateway.fake.requests[-1]
+    assert request["To"] == ["+14155550100"]
+    assert request["From"] == ["+15017122661"]
+    assert request["Body"] == ["It ships tomorrow."]
+    assert request["StatusCallback"] == [f"{gateway.webhook_url}/status"]
+    assert message.provider_message_id in gateway.fake.messages
+
+    assert await gateway.fake.send_status(message.provider_message_id, "sent") == 200
+    assert await gateway.fake.send_status(message.provider_message_id, "delivered") == 200
+    assert (await message_row(gateway.db, message_id)).status == "delivered"
+    # A late "sent" callback does not move it back.
+    assert await gateway.fake.send_status(message.provider_message_id, "sent") == 200
+    assert (await message_row(gateway.db, message_id)).status == "delivered"
+
+
+async def test_undelivered_callback_marks_the_message_failed_with_the_reason(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("inbound__sms")))[0] == 200
+    message_id = await reply(gateway, "Hello?")
+
+    async def sent() -> bool:
+        return (await message_row(gateway.db, message_id)).provider_message_id is not None
+
+    await eventually(sent)
+    sid = (await message_row(gateway.db, message_id)).provider_message_id
+    assert sid is not None
+    assert await gateway.fake.send_status(sid, "undelivered", error_code=30003) == 200
+    message = await message_row(gateway.db, message_id)
+    assert (message.status, message.error_code) == ("failed", "30003")
+    assert message.error_message and "unreachable" in message.error_message.lower()
+
+
+async def test_a_429_is_retried_after_the_providers_retry_after(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("inbound__sms")))[0] == 200
+    gateway.fake.fail_next(429, code=20429, message="Too Many Requests", retry_after=1)
+    started = asyncio.get_running_loop().time()
+    message_id = await reply(gateway, "Thanks for waiting")
+
+    async def sent() -> bool:
+        return (await message_row(gateway.db, message_id)).status == "sent"
+
+    await eventually(sent)
+    assert asyncio.get_running_loop().time() - started >= 1.0  # Retry-After honoured
+    assert len(gateway.fake.requests) == 2
+    assert len(gateway.fake.messages) == 1
+    assert (await message_row(gateway.db, message_id)).attempts == 2
+
+
+async def test_a_permanent_error_marks_the_message_failed_with_the_providers_reason(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("inbound__sms")))[0] == 200
+    gateway.fake.fail_next(
+        400, code=21211, message="The 'To' number +14155550100 is not a valid phone number."
+    )
+    message_id = await reply(gateway, "Hi")
+
+    async def failed() -> bool:
+        return (await message_row(gateway.db, message_id)).status == "failed"
+
+    await eventually(failed)
+    message = await message_row(gateway.db, message_id)
+    assert message.error_code == "21211"
+    assert message.error_message and "not a valid phone number" in message.error_message
+    assert len(gateway.fake.requests) == 1  # not retried
+
+
+async def test_stop_blocks_later_replies_and_start_allows_them_again(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("inbound__stop")))[0] == 200
+    async with gateway.db.sessionmaker() as session:
+        consent = (await session.execute(select(Consent))).scalar_one()
+    assert (consent.channel, consent.granted) == ("sms", False)
+
+    blocked = await reply(gateway, "One more offer!")
+
+    async def failed() -> bool:
+        return (await message_row(gateway.db, blocked)).status == "failed"
+
+    await eventually(failed)
+    message = await message_row(gateway.db, blocked)
+    assert message.error_code == "opted_out"
+    assert message.error_message and "opted out" in message.error_message
+    assert gateway.fake.requests == []  # nothing reached the provider
+
+    assert (await gateway.post(load_fixture("inbound__start")))[0] == 200
+    allowed = await reply(gateway, "Welcome back")
+
+    async def sent() -> bool:
+        return (await message_row(gateway.db, allowed)).status == "sent"
+
+    await eventually(sent)
+    assert len(gateway.fake.requests) == 1
