@@ -48,7 +48,9 @@ class OutboundDelivery:
     async def deliver(self, event: Event) -> None:
         """Handler for `message.outbound`."""
         message_id = int(event.payload["message_id"])
-        # Read, then close the session before any write: on SQLite a session holds the write lock.
+        inbox = await self.directory.get(int(event.payload["inbox_id"]))
+        # Read, then close the session before any other session opens: on SQLite a session holds
+        # the database's write lock, so a nested one would wait for itself.
         async with self.db.sessionmaker() as session:
             row = (
                 await session.execute(
@@ -61,7 +63,6 @@ class OutboundDelivery:
             if row is None or row.Message.status != MessageStatus.QUEUED:
                 return  # already sent (a redelivered event) or deleted
             message: Message = row.Message
-            inbox = await self.directory.get(message.inbox_id)
             opted_out = inbox is not None and await has_opted_out(
                 session, contact_id=row.contact_id, channel=inbox.channel.consent_channel
             )

@@ -45,6 +45,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def postgres_bindir() -> str:
+    """Where the PostgreSQL server binaries are: Debian keeps them out of PATH, per version."""
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    if candidates:
+        return str(candidates[-1].parent)
+    found = shutil.which("pg_ctl")
+    if found is None:
+        pytest.fail("no PostgreSQL binaries: run scripts/test-deps.sh or set PARLEY_TEST_DATABASE_URL")
+    return str(Path(found).resolve().parent)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server URL (no database part) for the whole session."""
@@ -52,8 +63,7 @@ def postgres_server() -> Iterator[str]:
     if configured:
         yield normalise_database_url(configured)
         return
-    if shutil.which("pg_config") is None:
-        pytest.fail("no PostgreSQL binaries: install postgresql or set PARLEY_TEST_DATABASE_URL")
+    os.environ["PARLEY_PG_BINDIR"] = postgres_bindir()
     base = Path(tempfile.mkdtemp(prefix="parley-pg-"))
     base.chmod(0o777)  # the server may run as the postgres user (see tests/support/pg_ctl)
     port = free_port()
@@ -171,3 +181,13 @@ async def make_twilio_inbox(
         session.add(inbox)
         await session.flush()
         return inbox.id
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A Redis URL: `PARLEY_TEST_REDIS_URL`, or a throwaway server started by pytest-redis."""
+    configured = os.environ.get("PARLEY_TEST_REDIS_URL")
+    if configured:
+        return configured
+    proc = request.getfixturevalue("redis_proc")
+    return f"redis://{proc.host}:{proc.port}/0"
