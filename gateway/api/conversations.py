@@ -1,0 +1,239 @@
+"""`/conversations` and their messages: triage (status, assignee) and replies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from channels.base import Attachment
+from channels.registry import channel_class
+from crm_core.consent import has_opted_out
+from crm_core.models import Contact
+from gateway.api.pagination import fetch_page
+from gateway.api.permissions import Permission
+from gateway.api.routing import ApiRequest, RouteTable
+from gateway.api.schemas import (
+    ContactSummary,
+    ConversationDetail,
+    ConversationList,
+    ConversationOut,
+    ConversationQuery,
+    ConversationUpdate,
+    MessageCreate,
+    MessageList,
+    MessageOut,
+    MessageQuery,
+)
+from gateway.errors import ApiError, NotFound
+from inbox.models import Conversation, ConversationStatus, Inbox, Message
+from inbox.service import queue_outbound
+from parley.db import utcnow
+from parley.models import User
+from parley.outbox import emit
+
+routes = RouteTable("conversations")
+
+UPDATED_TOPIC = "conversation.updated"
+
+Changes = dict[str, dict[str, Any]]
+
+
+async def _get(call: ApiRequest, conversation_id: int) -> Conversation:
+    conversation = (
+        await call.session.execute(
+            select(Conversation).where(
+                Conversation.id == conversation_id, Conversation.tenant_id == call.tenant_id
+            )
+        )
+    ).scalar_one_or_none()
+    if conversation is None:
+        raise NotFound("conversation")
+    return conversation
+
+
+async def _set_status(call: ApiRequest, conversation: Conversation, status: ConversationStatus) -> Changes:
+    """Move the conversation to `status`, keeping `resolved_at` in step; 409 if reopening would make two."""
+    old = conversation.status
+    if old == ConversationStatus.RESOLVED:
+        # Only one unresolved conversation per contact and inbox (a unique partial index says so too).
+        other = (
+            await call.session.execute(
+                select(Conversation.id).where(
+                    Conversation.inbox_id == conversation.inbox_id,
+                    Conversation.contact_id == conversation.contact_id,
+                    Conversation.status != ConversationStatus.RESOLVED,
+                    Conversation.id != conversation.id,
+                )
+            )
+        ).scalar()
+        if other is not None:
+            raise ApiError(
+                409,
+                "conflict",
+                f"The contact already has conversation {other} open in this inbox; "
+                "resolve it before reopening this one, or continue there.",
+            )
+        conversation.resolved_at = None
+    if status == ConversationStatus.RESOLVED:
+        conversation.resolved_at = utcnow()
+    conversation.status = status
+    return {"status": {"old": old, "new": str(status)}}
+
+
+async def _announce(call: ApiRequest, conversation: Conversation, changes: Changes) -> None:
+    """Write the changes and the `conversation.updated` event in the caller's transaction."""
+    await call.session.flush()
+    await emit(
+        call.session,
+        call.tenant_id,
+        (
+            UPDATED_TOPIC,
+            {
+                "conversation_id": conversation.id,
+                "inbox_id": conversation.inbox_id,
+                "contact_id": conversation.contact_id,
+                "changes": changes,
+                "changed_by": {"type": "user", "id": call.principal.user_id},
+            },
+        ),
+    )
+    call.notify_after_commit()
+
+
+@routes.get("/conversations", allow=Permission.READ_CONVERSATIONS)
+async def list_conversations(call: ApiRequest, *, query: ConversationQuery) -> ConversationList:
+    """List conversations, newest first.
+
+    Filter by `status`, `inbox_id`, `contact_id` and `assignee_id` (`none`: unassigned).
+    """
+    stmt = select(Conversation).where(Conversation.tenant_id == call.tenant_id)
+    if query.status is not None:
+        stmt = stmt.where(Conversation.status == query.status)
+    if query.inbox_id is not None:
+        stmt = stmt.where(Conversation.inbox_id == query.inbox_id)
+    if query.assignee_id == "none":
+        stmt = stmt.where(Conversation.assignee_id.is_(None))
+    elif query.assignee_id is not None:
+        stmt = stmt.where(Conversation.assignee_id == query.assignee_id)
+    if query.contact_id is not None:
+        stmt = stmt.where(Conversation.contact_id == query.contact_id)
+    rows, next_cursor = await fetch_page(call.session, stmt, Conversation.id, query)
+    return ConversationList(data=[ConversationOut.model_validate(c) for c in rows], next_cursor=next_cursor)
+
+
+@routes.get("/conversations/{conversation_id}", allow=Permission.READ_CONVERSATIONS)
+async def get_conversation(call: ApiRequest, *, conversation_id: int) -> ConversationDetail:
+    """Get a conversation with a summary of its contact and its last message."""
+    conversation = await _get(call, conversation_id)
+    contact = (
+        await call.session.execute(select(Contact).where(Contact.id == conversation.contact_id))
+    ).scalar_one()
+    last = (
+        await call.session.execute(
+            select(Message)
+            .where(Message.conversation_id == conversation.id)
+            .order_by(Message.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    return ConversationDetail(
+        **ConversationOut.model_validate(conversation).model_dump(),
+        contact=ContactSummary.model_validate(contact),
+        last_message=MessageOut.model_validate(last) if last is not None else None,
+    )
+
+
+@routes.patch("/conversations/{conversation_id}", allow=Permission.UPDATE_CONVERSATIONS, errors=[409])
+async def update_conversation(
+    call: ApiRequest, *, conversation_id: int, body: ConversationUpdate
+) -> ConversationOut:
+    """Change a conversation's status or assignee.
+
+    Resolving sets `resolved_at`, reopening clears it; reopening answers 409 if the contact already
+    has another unresolved conversation in the inbox. The assignee must be a user of the same
+    tenant (422 `invalid_assignee`); null unassigns. Each change is announced as `conversation.updated`.
+    """
+    conversation = await _get(call, conversation_id)
+    changes: Changes = {}
+    if body.status is not None and body.status != conversation.status:
+        changes |= await _set_status(call, conversation, body.status)
+    if "assignee_id" in body.model_fields_set and body.assignee_id != conversation.assignee_id:
+        if body.assignee_id is not None:
+            user = (
+                await call.session.execute(
+                    select(User.id).where(User.id == body.assignee_id, User.tenant_id == call.tenant_id)
+                )
+            ).scalar_one_or_none()
+            if user is None:
+                raise ApiError(
+                    422, "invalid_assignee", f"assignee_id: no user {body.assignee_id} in this tenant."
+                )
+        changes["assignee_id"] = {"old": conversation.assignee_id, "new": body.assignee_id}
+        conversation.assignee_id = body.assignee_id
+    if changes:
+        await _announce(call, conversation, changes)
+    return ConversationOut.model_validate(conversation)
+
+
+@routes.get("/conversations/{conversation_id}/messages", allow=Permission.READ_CONVERSATIONS)
+async def list_messages(call: ApiRequest, *, conversation_id: int, query: MessageQuery) -> MessageList:
+    """List a conversation's messages, oldest first (`order=desc`: newest first)."""
+    conversation = await _get(call, conversation_id)
+    rows, next_cursor = await fetch_page(
+        call.session,
+        select(Message).where(Message.conversation_id == conversation.id),
+        Message.id,
+        query,
+        descending=query.order == "desc",
+    )
+    return MessageList(data=[MessageOut.model_validate(m) for m in rows], next_cursor=next_cursor)
+
+
+@routes.post("/conversations/{conversation_id}/messages", allow=Permission.SEND_MESSAGES, errors=[409])
+async def send_message(call: ApiRequest, *, conversation_id: int, body: MessageCreate) -> MessageOut:
+    """Reply in a conversation: the message is queued and sent by the dispatcher.
+
+    A contact who opted out of the inbox's channel cannot be messaged (422 `recipient_opted_out`,
+    nothing is stored). Replying to a resolved conversation reopens it.
+    """
+    found = (
+        await call.session.execute(
+            select(Conversation, Inbox.channel)
+            .join(Inbox, Inbox.id == Conversation.inbox_id)
+            .where(Conversation.id == conversation_id, Conversation.tenant_id == call.tenant_id)
+        )
+    ).one_or_none()
+    if found is None:
+        raise NotFound("conversation")
+    conversation, channel_name = found
+    # The class says it all (consent channel, limits): no need to decrypt secrets and build an adapter.
+    channel = channel_class(channel_name)
+    limit = channel.capabilities.max_text_length
+    if limit is not None and len(body.body) > limit:
+        raise ApiError(
+            422,
+            "message_too_long",
+            f"body: {channel_name} carries at most {limit} characters ({len(body.body)} given).",
+        )
+    if await has_opted_out(call.session, contact_id=conversation.contact_id, channel=channel.consent_channel):
+        raise ApiError(
+            422,
+            "recipient_opted_out",
+            f"Contact {conversation.contact_id} opted out of {channel.consent_channel} messages "
+            "(e.g. replied STOP), so nothing was sent; they must opt in again before they can be "
+            "messaged on this channel.",
+        )
+    if conversation.status == ConversationStatus.RESOLVED:
+        await _announce(call, conversation, await _set_status(call, conversation, ConversationStatus.OPEN))
+    conversation.last_message_at = utcnow()
+    message = await queue_outbound(
+        call.session,
+        conversation,
+        body=body.body,
+        sender_type="user",
+        sender_id=call.principal.user_id,
+        attachments=[Attachment(url=a.url, content_type=a.content_type) for a in body.attachments],
+    )
+    call.notify_after_commit()
+    return MessageOut.model_validate(message)

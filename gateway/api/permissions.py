@@ -1,0 +1,40 @@
+"""Who may do what through the API: one table from role to permissions, read by every route."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from parley.models import Role
+
+
+class Permission(StrEnum):
+    READ_INBOXES = "inboxes:read"
+    MANAGE_INBOXES = "inboxes:manage"
+    READ_CONTACTS = "contacts:read"
+    WRITE_CONTACTS = "contacts:write"
+    READ_CONVERSATIONS = "conversations:read"
+    UPDATE_CONVERSATIONS = "conversations:update"
+    SEND_MESSAGES = "messages:send"
+
+
+_EVERYTHING = frozenset(Permission)
+_READ_CRM = frozenset({Permission.READ_CONTACTS, Permission.READ_CONVERSATIONS})
+
+GRANTS: Mapping[Role, frozenset[Permission]] = {
+    Role.ADMIN: _EVERYTHING,
+    Role.SUPERVISOR: _EVERYTHING,
+    Role.AGENT: _EVERYTHING - {Permission.MANAGE_INBOXES},
+    Role.MARKETER: _READ_CRM,
+    Role.BOT_DESIGNER: _READ_CRM,
+}
+
+
+def allows(role: Role, permission: Permission) -> bool:
+    """True if `role` holds `permission`."""
+    return permission in GRANTS.get(role, frozenset())
+
+
+def roles_with(permission: Permission) -> list[Role]:
+    """The roles holding `permission`, in the order of `Role` (for the API document)."""
+    return [role for role in Role if allows(role, permission)]

@@ -1,0 +1,367 @@
+"""The API's request and response bodies; the OpenAPI document's components are generated from these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from channels.registry import CHANNELS
+from inbox.models import ConversationStatus, MessageStatus
+from parley.auth import normalise_email
+from parley.models import Role
+
+V = TypeVar("V")
+
+# Ids are 64-bit on PostgreSQL: a larger number cannot name a row and must not reach the driver.
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+MAX_MESSAGE_LENGTH = 4096
+MAX_ATTACHMENTS = 10
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# A plausibility check only: the address is proven by mail reaching it, not by its syntax.
+
+
+def merge_patch(current: Mapping[str, V], patch: Mapping[str, V | None]) -> dict[str, V]:
+    """`current` with `patch` applied, one level deep: a key set to None is removed."""
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def normalise_phone(value: str) -> str:
+    """E.164 for a valid phone number in international format; ValueError otherwise."""
+    try:
+        number = phonenumbers.parse(value, None)
+    except phonenumbers.NumberParseException:
+        raise ValueError("not a phone number in international format (e.g. +14155550100)") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"{value!r} is not a valid phone number")
+    return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
+
+
+def _optional_phone(value: str | None) -> str | None:
+    return None if value is None else normalise_phone(value)
+
+
+def _checked_email(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        checked = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as e:
+        raise ValueError(f"{value!r} is not an email address: {e}") from None
+    # Identities match case-insensitively: mail systems treat Ann@ and ann@ as one mailbox.
+    return normalise_email(checked.normalized)
+
+
+class RequestBody(BaseModel):
+    """Base of every request model: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResponseBody(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    field: str = Field(description="Where the problem is, e.g. `body.settings.account_sid` or `query.limit`.")
+    message: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. `not_found`, `validation_error`.")
+    message: str = Field(description="What went wrong, for a person.")
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers."""
+
+    error: ErrorBody
+
+
+# --- pagination ---------------------------------------------------------------------------------
+
+
+class PageQuery(RequestBody):
+    limit: int = Field(50, ge=1, le=200, description="How many items to return (1-200).")
+    cursor: str | None = Field(None, description="The `next_cursor` of the previous page.")
+
+
+class Page(ResponseBody):
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )
+
+
+# --- me -----------------------------------------------------------------------------------------
+
+
+class TenantOut(ResponseBody):
+    id: int
+    name: str
+
+
+class MeOut(ResponseBody):
+    user_id: int
+    email: str
+    name: str | None
+    role: Role = Field(description="The role of the token, which may be narrower than the user's.")
+    tenant: TenantOut
+
+
+# --- inboxes ------------------------------------------------------------------------------------
+
+
+_CHANNEL_NAMES: list[JsonValue] = [name for name in sorted(CHANNELS)]
+
+
+def _known_channel(value: str) -> str:
+    if value not in CHANNELS:
+        raise ValueError(f"unknown channel {value!r}; known channels: {', '.join(sorted(CHANNELS))}")
+    return value
+
+
+class InboxCreate(RequestBody):
+    name: Name
+    channel: str = Field(json_schema_extra={"enum": _CHANNEL_NAMES})
+    settings: dict[str, Any] = Field(default_factory=dict, description="Channel settings (not secret).")
+    secrets: dict[str, str] = Field(
+        default_factory=dict, description="Credentials, stored encrypted and never shown again."
+    )
+
+    _channel = field_validator("channel")(_known_channel)
+
+
+class InboxUpdate(RequestBody):
+    name: Name | None = None
+    settings: dict[str, Any] | None = Field(
+        None, description="Merged into the current settings; a key set to null is removed."
+    )
+    secrets: dict[str, str | None] | None = Field(
+        None, description="Merged into the current secrets; a key set to null is removed."
+    )
+
+
+class InboxOut(ResponseBody):
+    id: int
+    name: str
+    channel: str
+    settings: dict[str, Any]
+    secrets_set: list[str] = Field(
+        description="Names of the secrets stored for this inbox (never their values)."
+    )
+    webhook_url: str = Field(description="Give this URL to the provider for incoming messages.")
+    status_callback_url: str = Field(description="Give this URL to the provider for delivery reports.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class InboxList(Page):
+    data: list[InboxOut]
+
+
+# --- contacts -----------------------------------------------------------------------------------
+
+
+class ContactQuery(PageQuery):
+    q: str | None = Field(
+        None, min_length=1, max_length=200, description="Substring of name, email or phone."
+    )
+    phone: str | None = Field(None, description="Exact phone number, in international format.")
+
+    _phone = field_validator("phone")(_optional_phone)
+
+
+class ContactCreate(RequestBody):
+    name: Name | None = None
+    email: str | None = None
+    phone: str | None = Field(None, description="International format; stored as E.164.")
+
+    _email = field_validator("email")(_checked_email)
+    _phone = field_validator("phone")(_optional_phone)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ContactCreate:
+        if self.name is None and self.email is None and self.phone is None:
+            raise ValueError("a contact needs a name, an email or a phone")
+        return self
+
+
+class ContactUpdate(RequestBody):
+    name: Name | None = None
+    email: str | None = None
+    attributes: dict[str, Any] | None = Field(
+        None, description="Merged into the current attributes; a key set to null is removed."
+    )
+
+    _email = field_validator("email")(_checked_email)
+
+
+class ContactOut(ResponseBody):
+    id: int
+    name: str | None
+    email: str | None
+    phone: str | None
+    attributes: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class IdentityOut(ResponseBody):
+    id: int
+    kind: str = Field(description="`phone`, `email`, or a provider's own id kind.")
+    address: str
+    created_at: datetime
+
+
+class ConsentOut(ResponseBody):
+    channel: str
+    purpose: str = Field(description="`all` (every message on the channel) or `marketing`.")
+    granted: bool
+    source: str
+    changed_at: datetime
+
+
+class ContactDetail(ContactOut):
+    identities: list[IdentityOut]
+    consents: list[ConsentOut]
+
+
+class ContactList(Page):
+    data: list[ContactOut]
+
+
+class ContactSummary(ResponseBody):
+    id: int
+    name: str | None
+    email: str | None
+    phone: str | None
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+class AttachmentIn(RequestBody):
+    url: Annotated[str, StringConstraints(max_length=2048)]
+    content_type: Annotated[str, StringConstraints(max_length=100)] | None = None
+
+    _url = field_validator("url")(_http_url)
+
+
+class AttachmentOut(ResponseBody):
+    url: str
+    content_type: str | None = None
+
+
+class MessageCreate(RequestBody):
+    body: str = Field("", max_length=MAX_MESSAGE_LENGTH, description="Required unless there are attachments.")
+    attachments: list[AttachmentIn] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MessageCreate:
+        if not self.body.strip() and not self.attachments:
+            raise ValueError("a message needs a body or at least one attachment")
+        return self
+
+
+class MessageQuery(PageQuery):
+    order: Literal["asc", "desc"] = Field(
+        "asc", description="`asc`: oldest first (a thread), `desc`: newest first."
+    )
+
+
+class MessageOut(ResponseBody):
+    id: int
+    conversation_id: int
+    direction: Literal["inbound", "outbound"]
+    sender_type: str = Field(description="`contact`, `user`, `bot`…")
+    sender_id: int | None
+    body: str
+    attachments: list[AttachmentOut]
+    status: MessageStatus
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class MessageList(Page):
+    data: list[MessageOut]
+
+
+# --- conversations ------------------------------------------------------------------------------
+
+
+class ConversationQuery(PageQuery):
+    status: ConversationStatus | None = None
+    inbox_id: Id | None = None
+    assignee_id: Id | Literal["none"] | None = Field(None, description="A user id, or `none` for unassigned.")
+    contact_id: Id | None = None
+
+
+class ConversationUpdate(RequestBody):
+    status: ConversationStatus | None = Field(
+        None, description="Resolving sets `resolved_at`; reopening clears it."
+    )
+    assignee_id: Id | None = Field(None, description="A user of the same tenant; null unassigns.")
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status_not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("status cannot be null")
+        return value
+
+
+class ConversationOut(ResponseBody):
+    id: int
+    inbox_id: int
+    contact_id: int
+    status: ConversationStatus
+    assignee_id: int | None
+    last_message_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+
+
+class ConversationDetail(ConversationOut):
+    contact: ContactSummary
+    last_message: MessageOut | None
+
+
+class ConversationList(Page):
+    data: list[ConversationOut]
