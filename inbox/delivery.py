@@ -67,7 +67,12 @@ class OutboundDelivery:
                 session, contact_id=row.contact_id, channel=inbox.channel.consent_channel
             )
         if inbox is None:
-            await self._fail(message, "inbox_deleted", "The inbox was deleted before the message was sent.")
+            await self._fail(
+                message,
+                "inbox_deleted",
+                "The inbox was deleted before the message was sent.",
+                channel="unknown",
+            )
             return
         if opted_out:
             await self._fail(
@@ -75,6 +80,7 @@ class OutboundDelivery:
                 OPTED_OUT_CODE,
                 f"The recipient opted out of {inbox.channel.consent_channel} messages (e.g. replied STOP); "
                 "nothing was sent.",
+                channel=inbox.channel_name,
             )
             return
 
@@ -91,15 +97,22 @@ class OutboundDelivery:
             receipt = await inbox.channel.send(outbound)
         except TransientDeliveryError as e:
             if attempt >= self.max_attempts:
-                await self._fail(message, "gave_up", f"Gave up after {attempt} attempts: {e}")
+                await self._fail(
+                    message, "gave_up", f"Gave up after {attempt} attempts: {e}", channel=inbox.channel_name
+                )
                 return
             await self._update(message, attempts=attempt, error_message=f"Retrying: {e}")
             raise RetryLater(str(e), delay=e.retry_after) from e
         except PermanentDeliveryError as e:
-            await self._fail(message, e.code or "rejected", str(e))
+            await self._fail(message, e.code or "rejected", str(e), channel=inbox.channel_name)
             return
         except ChannelAuthError as e:
-            await self._fail(message, "channel_auth", f"The provider refused the inbox's credentials: {e}")
+            await self._fail(
+                message,
+                "channel_auth",
+                f"The provider refused the inbox's credentials: {e}",
+                channel=inbox.channel_name,
+            )
             return
         status = MessageStatus.SENT if receipt.status == "queued" else MessageStatus(receipt.status)
         await self._update(
@@ -112,9 +125,9 @@ class OutboundDelivery:
         )
         MESSAGES_SENT.labels(channel=inbox.channel_name, outcome="sent").inc()
 
-    async def _fail(self, message: Message, code: str, reason: str) -> None:
+    async def _fail(self, message: Message, code: str, reason: str, *, channel: str) -> None:
         logger.info("message %s failed: %s (%s)", message.id, reason, code)
-        MESSAGES_SENT.labels(channel="any", outcome="failed").inc()
+        MESSAGES_SENT.labels(channel=channel, outcome="failed").inc()
         await self._update(
             message, status=MessageStatus.FAILED, error_code=code, error_message=reason, emit_update=True
         )

@@ -312,6 +312,9 @@ class MessageOut(ResponseBody):
     body: str
     attachments: list[AttachmentOut]
     status: MessageStatus
+    provider_message_id: str | None = Field(
+        description="The provider's id (Twilio's SM… sid) once sent or received."
+    )
     error_code: str | None
     error_message: str | None
     created_at: datetime

@@ -610,6 +610,18 @@ async def test_posting_a_message_queues_it_and_the_dispatcher_sends_it(api: Api)
     [sent] = api.fake.messages.values()
     assert (sent["to"], sent["body"]) == ("+14155550100", "Your order shipped")
 
+    async def listed() -> dict[str, Any]:
+        path = f"/conversations/{conversation_id}/messages"
+        _, page = await api.call("GET", path, params={"order": "desc"})
+        return dict(page["data"][0])
+
+    for _ in range(100):  # the provider's id lands with the "sent" status, just after the fake answered
+        latest = await listed()
+        if latest["status"] == "sent":
+            break
+        await asyncio.sleep(0.05)
+    assert (latest["status"], latest["provider_message_id"]) == ("sent", sent["sid"])
+
 
 async def test_messages_list_oldest_first_by_default_with_keyset_pages(api: Api) -> None:
     inbox_id = await api.create_inbox()
