@@ -14,23 +14,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, insert, literal, select, update
+from sqlalchemy import and_, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.base import DeliveryStatus, InboundEvent, InboundMessage
 from crm_core.consent import record_consent
 from crm_core.models import ChannelIdentity, Contact
-from inbox.models import STATUS_RANK, Conversation, ConversationStatus, Message, MessageStatus
+from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
 from inbox.runtime import InboxRuntime
+from inbox.service import EARLY_STATUS_TOPIC, apply_delivery_status
 from parley.db import Database, utcnow
 from parley.outbox import emit
 
 logger = logging.getLogger(__name__)
 
 MAX_REPLAYS = 5
-
-_RANK_SQL = case({str(status): rank for status, rank in STATUS_RANK.items()}, value=Message.status, else_=0)
 
 
 @dataclass(slots=True)
@@ -223,35 +222,24 @@ async def _store_message(
 async def _apply_status(
     session: AsyncSession, inbox: InboxRuntime, event: DeliveryStatus, result: IngestResult
 ) -> None:
-    new_rank = STATUS_RANK[MessageStatus(event.status)]
-    changed = (
-        await session.execute(
-            update(Message)
-            .where(
-                Message.inbox_id == inbox.id,
-                Message.provider_message_id == event.provider_message_id,
-                Message.direction == "outbound",
-                new_rank > _RANK_SQL,
-            )
-            .values(
-                status=event.status,
-                error_code=event.error_code,
-                error_message=event.error_message,
-                updated_at=utcnow(),
-            )
-            .returning(Message.id, Message.conversation_id)
-        )
-    ).one_or_none()
-    if changed is None:
-        # Unknown id, or a late callback for a status the message has already passed.
-        result.statuses_unmatched += 1
+    outcome = await apply_delivery_status(session, tenant_id=inbox.tenant_id, inbox_id=inbox.id, status=event)
+    if outcome == "applied":
+        result.statuses_applied += 1
         return
-    result.statuses_applied += 1
-    await emit(
-        session,
-        inbox.tenant_id,
-        (
-            "message.updated",
-            {"message_id": changed.id, "conversation_id": changed.conversation_id, "status": event.status},
-        ),
-    )
+    result.statuses_unmatched += 1
+    if outcome == "unknown":
+        # Most likely the callback overtook the worker that is about to store the provider's id.
+        await emit(
+            session,
+            inbox.tenant_id,
+            (
+                EARLY_STATUS_TOPIC,
+                {
+                    "inbox_id": inbox.id,
+                    "provider_message_id": event.provider_message_id,
+                    "status": event.status,
+                    "error_code": event.error_code,
+                    "error_message": event.error_message,
+                },
+            ),
+        )

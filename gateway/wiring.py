@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from inbox.delivery import OutboundDelivery
 from inbox.runtime import InboxDirectory
-from inbox.service import OUTBOUND_TOPIC
+from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from parley.crypto import SecretBox
 from parley.db import Database
 from parley.outbox import Dispatcher, Handler
@@ -30,7 +30,7 @@ def build_subscribers(
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
     delivery = OutboundDelivery(db, directory, lambda: settings.public_url)
-    return {OUTBOUND_TOPIC: [delivery.deliver]}
+    return {OUTBOUND_TOPIC: [delivery.deliver], EARLY_STATUS_TOPIC: [delivery.apply_early_status]}
 
 
 def build_runtime(settings: Settings) -> Runtime:

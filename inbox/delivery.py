@@ -12,6 +12,7 @@ from channels.base import (
     Address,
     Attachment,
     ChannelAuthError,
+    DeliveryStatus,
     OutboundMessage,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -20,6 +21,7 @@ from crm_core.consent import has_opted_out
 from crm_core.models import ChannelIdentity
 from inbox.models import Conversation, Message, MessageStatus
 from inbox.runtime import InboxDirectory
+from inbox.service import apply_delivery_status
 from parley.db import Database
 from parley.metrics import MESSAGES_SENT
 from parley.outbox import Event, RetryLater, emit
@@ -39,11 +41,14 @@ class OutboundDelivery:
         public_url: Callable[[], str | None],
         *,
         max_attempts: int = 8,
+        early_status_attempts: int = 6,
     ) -> None:
         self.db = db
         self.directory = directory
         self.public_url = public_url
         self.max_attempts = max_attempts
+        # Backoff from 1 s doubling: six attempts wait for the sender for about half a minute.
+        self.early_status_attempts = early_status_attempts
 
     async def deliver(self, event: Event) -> None:
         """Handler for `message.outbound`."""
@@ -124,6 +129,27 @@ class OutboundDelivery:
             emit_update=True,
         )
         MESSAGES_SENT.labels(channel=inbox.channel_name, outcome="sent").inc()
+
+    async def apply_early_status(self, event: Event) -> None:
+        """Handler for `message.status_early`: apply it once the send has stored the provider's id."""
+        payload = event.payload
+        status = DeliveryStatus(
+            provider_message_id=str(payload["provider_message_id"]),
+            status=payload["status"],
+            error_code=payload.get("error_code"),
+            error_message=payload.get("error_message"),
+        )
+        async with self.db.transaction() as session:
+            outcome = await apply_delivery_status(
+                session, tenant_id=int(event.tenant_id or 0), inbox_id=int(payload["inbox_id"]), status=status
+            )
+        if outcome != "unknown":
+            return
+        if event.attempts >= self.early_status_attempts:
+            # Not ours after all (sent from the provider's console, say): nothing to update.
+            logger.info("status %s for unknown message %s dropped", status.status, status.provider_message_id)
+            return
+        raise RetryLater(f"no message with provider id {status.provider_message_id} yet", delay=1.0)
 
     async def _fail(self, message: Message, code: str, reason: str, *, channel: str) -> None:
         logger.info("message %s failed: %s (%s)", message.id, reason, code)

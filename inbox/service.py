@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
+from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.base import Attachment
-from inbox.models import Conversation, Message, MessageStatus
+from channels.base import Attachment, DeliveryStatus
+from inbox.models import STATUS_RANK, Conversation, Message, MessageStatus
+from parley.db import utcnow
 from parley.outbox import emit
 
 OUTBOUND_TOPIC = "message.outbound"
+# A delivery status for a message whose provider id is not stored yet: the provider called back
+# before the worker that sent the message had recorded the provider's answer.
+EARLY_STATUS_TOPIC = "message.status_early"
+
+_RANK_SQL = case({str(status): rank for status, rank in STATUS_RANK.items()}, value=Message.status, else_=0)
 
 
 async def queue_outbound(
@@ -45,3 +53,45 @@ async def queue_outbound(
         ),
     )
     return message
+
+
+async def apply_delivery_status(
+    session: AsyncSession, *, tenant_id: int, inbox_id: int, status: DeliveryStatus
+) -> Literal["applied", "stale", "unknown"]:
+    """Move an outbound message forward to the provider's status; never backwards (late callbacks)."""
+    changed = (
+        await session.execute(
+            update(Message)
+            .where(
+                Message.inbox_id == inbox_id,
+                Message.provider_message_id == status.provider_message_id,
+                Message.direction == "outbound",
+                STATUS_RANK[MessageStatus(status.status)] > _RANK_SQL,
+            )
+            .values(
+                status=status.status,
+                error_code=status.error_code,
+                error_message=status.error_message,
+                updated_at=utcnow(),
+            )
+            .returning(Message.id, Message.conversation_id)
+        )
+    ).one_or_none()
+    if changed is None:
+        known = (
+            await session.execute(
+                select(Message.id).where(
+                    Message.inbox_id == inbox_id, Message.provider_message_id == status.provider_message_id
+                )
+            )
+        ).first()
+        return "stale" if known is not None else "unknown"
+    await emit(
+        session,
+        tenant_id,
+        (
+            "message.updated",
+            {"message_id": changed.id, "conversation_id": changed.conversation_id, "status": status.status},
+        ),
+    )
+    return "applied"

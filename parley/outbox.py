@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.db import Database, utcnow
@@ -142,9 +143,22 @@ class Dispatcher:
             wait = (next_due - utcnow()).total_seconds()
             await asyncio.sleep(min(max(wait, 0.01), deadline - now))
 
-    async def run_forever(self, *, poll_interval: float = 1.0) -> None:
+    async def purge(self, *, older_than: timedelta = timedelta(days=7)) -> int:
+        """Delete events completed more than `older_than` ago; return how many."""
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                delete(OutboxEvent).where(OutboxEvent.completed_at < utcnow() - older_than)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def run_forever(self, *, poll_interval: float = 1.0, purge_every: float = 3600.0) -> None:
         """The in-process loop of the embedded default: woken by `notify`, polling as a safety net."""
+        next_purge = asyncio.get_running_loop().time()
         while True:
+            if asyncio.get_running_loop().time() >= next_purge:
+                next_purge += purge_every
+                with contextlib.suppress(SQLAlchemyError):
+                    await self.purge()
             try:
                 n = await self.run_once()
             except asyncio.CancelledError:

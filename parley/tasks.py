@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 
 DISPATCH_TASK = "parley.dispatch"
+PURGE_TASK = "parley.purge_outbox"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -30,10 +31,14 @@ def celery_app(broker_url: str) -> Celery:
         task_ignore_result=True,
         broker_connection_retry_on_startup=True,
         # The sweep catches events whose notification was lost and retries that have come due.
-        beat_schedule={"outbox-sweep": {"task": DISPATCH_TASK, "schedule": 1.0}},
+        beat_schedule={
+            "outbox-sweep": {"task": DISPATCH_TASK, "schedule": 1.0},
+            "outbox-purge": {"task": PURGE_TASK, "schedule": 3600.0},
+        },
         timezone="UTC",
     )
     app.task(name=DISPATCH_TASK)(dispatch)
+    app.task(name=PURGE_TASK)(purge_outbox)
     _apps[broker_url] = app
     return app
 
@@ -42,6 +47,13 @@ def dispatch() -> int:
     """Run the outbox dispatcher until nothing is due; return how many events it processed."""
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(runtime["dispatcher"].run_until_idle())
+    return result
+
+
+def purge_outbox() -> int:
+    """Delete outbox events completed more than a week ago."""
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(runtime["dispatcher"].purge())
     return result
 
 

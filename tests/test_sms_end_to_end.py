@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from crm_core.models import ChannelIdentity, Consent, Contact
 from gateway.app import create_app
@@ -298,3 +298,43 @@ async def test_stop_blocks_later_replies_and_start_allows_them_again(gateway: Ga
 
     await eventually(sent)
     assert len(gateway.fake.requests) == 1
+
+
+async def test_a_status_callback_that_overtakes_the_send_is_applied_once_the_sid_is_stored(
+    gateway: Gateway,
+) -> None:
+    assert (await gateway.post(load_fixture("inbound__sms")))[0] == 200
+    callback = load_fixture("status__delivered")
+    sid = dict(callback)["MessageSid"]
+    async with gateway.db.transaction() as session:  # a reply whose send is still in flight
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+        message = Message(
+            tenant_id=conversation.tenant_id,
+            inbox_id=conversation.inbox_id,
+            conversation_id=conversation.id,
+            direction="outbound",
+            sender_type="user",
+            body="On its way",
+            status="queued",
+        )
+        session.add(message)
+    assert (await gateway.post(callback, route="status"))[0] == 200
+    assert (await message_row(gateway.db, message.id)).status == "queued"
+
+    async with gateway.db.transaction() as session:  # the worker records Twilio's answer
+        await session.execute(
+            update(Message).where(Message.id == message.id).values(provider_message_id=sid, status="sent")
+        )
+
+    async def delivered() -> bool:
+        return (await message_row(gateway.db, message.id)).status == "delivered"
+
+    await eventually(delivered)
+
+
+async def test_a_status_for_a_message_parley_never_sent_is_acknowledged_and_changes_nothing(
+    gateway: Gateway,
+) -> None:
+    status, _ = await gateway.post(load_fixture("status__delivered"), route="status")
+    assert status == 200
+    assert await gateway.count(Message) == 0

@@ -118,3 +118,18 @@ def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
     assert len(set(fifth)) > 1  # jittered
     assert backoff(1, at_least=30) == 30
     assert backoff(40) <= 300
+
+
+async def test_purge_deletes_only_events_completed_long_ago(db: Database) -> None:
+    old, recent, pending = (await emit_one(db), await emit_one(db), await emit_one(db))
+    async with db.transaction() as session:
+        await session.execute(
+            update(OutboxEvent).where(OutboxEvent.id == old).values(completed_at=utcnow() - timedelta(days=8))
+        )
+        await session.execute(
+            update(OutboxEvent).where(OutboxEvent.id == recent).values(completed_at=utcnow())
+        )
+    assert await Dispatcher(db, {}).purge() == 1
+    async with db.sessionmaker() as session:
+        left = set((await session.execute(select(OutboxEvent.id))).scalars())
+    assert left == {recent, pending}
