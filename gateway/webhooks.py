@@ -33,7 +33,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     form = _EMPTY
     if request.content_type == "application/x-www-form-urlencoded":
-        form = MultiDictProxy(MultiDict(await request.post()))  # type: ignore[arg-type]
+        form = await request.post()  # type: ignore[assignment]  # values are str for url-encoded forms
     public_url = request.app[SETTINGS].public_url
     url = f"{public_url}{request.path_qs}" if public_url else str(request.url)
     hook = WebhookRequest(

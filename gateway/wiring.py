@@ -35,7 +35,7 @@ def build_subscribers(
 
 def build_runtime(settings: Settings) -> Runtime:
     """The database, inbox directory and dispatcher of one process."""
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=settings.database_pool_size)
     directory = InboxDirectory(db, SecretBox(settings.secret_key))
     dispatcher = Dispatcher(db, build_subscribers(settings, db, directory))
     return Runtime(settings, db, directory, dispatcher)

@@ -68,10 +68,16 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
             _configure_sqlite(self.engine)
         else:
+            # A fixed pool: overflow connections are opened and closed under load, and each new
+            # PostgreSQL backend costs more CPU than the queries it serves. No pre-ping (a round trip
+            # per checkout); connections are recycled instead, and a dead one fails one request, which
+            # answers 503 so the provider retries.
             self.engine = create_async_engine(
-                url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+                url, echo=echo, pool_size=pool_size, max_overflow=0, pool_recycle=1800, pool_timeout=30
             )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Same pool; for single statements that are atomic by themselves and need no BEGIN/COMMIT.
+        self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def dialect(self) -> str:

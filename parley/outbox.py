@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,25 +52,28 @@ class RetryLater(Exception):
         self.delay = delay
 
 
+_INSERT_EVENT = insert(cast(Table, OutboxEvent.__table__))
+
+
 async def emit(session: AsyncSession, tenant_id: int | None, *events: tuple[str, Mapping[str, Any]]) -> None:
     """Add events to the session's transaction (one INSERT); they are published only if it commits."""
-    if events:
-        now = utcnow()
-        await session.execute(
-            insert(OutboxEvent),
-            [
-                {
-                    "tenant_id": tenant_id,
-                    "topic": topic,
-                    "payload": dict(payload),
-                    "created_at": now,
-                    "available_at": now,
-                    "attempts": 0,
-                    "handled": [],
-                }
-                for topic, payload in events
-            ],
-        )
+    if not events:
+        return
+    now = utcnow()
+    rows: list[dict[str, Any]] = [
+        {
+            "tenant_id": tenant_id,
+            "topic": topic,
+            "payload": dict(payload),
+            "created_at": now,
+            "available_at": now,
+            "attempts": 0,
+            "handled": [],
+        }
+        for topic, payload in events
+    ]
+    conn = await session.connection()
+    await conn.execute(_INSERT_EVENT, rows[0] if len(rows) == 1 else rows)
 
 
 def backoff(attempts: int, *, base: float = 1.0, cap: float = 300.0, at_least: float | None = None) -> float:
@@ -151,8 +154,14 @@ class Dispatcher:
             )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    async def run_forever(self, *, poll_interval: float = 1.0, purge_every: float = 3600.0) -> None:
-        """The in-process loop of the embedded default: woken by `notify`, polling as a safety net."""
+    async def run_forever(
+        self, *, poll_interval: float = 1.0, purge_every: float = 3600.0, coalesce: float = 0.02
+    ) -> None:
+        """The in-process loop of the embedded default: woken by `notify`, polling as a safety net.
+
+        After a wake-up it waits `coalesce` seconds, so that a burst of commits is claimed as one
+        batch rather than one small transaction per webhook.
+        """
         next_purge = asyncio.get_running_loop().time()
         while True:
             if asyncio.get_running_loop().time() >= next_purge:
@@ -171,6 +180,7 @@ class Dispatcher:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll_interval)
+                    await asyncio.sleep(coalesce)
 
     async def _claim(self) -> list[Event]:
         now = utcnow()

@@ -20,6 +20,7 @@ class Settings:
     rasa_url: str | None = None
     public_url: str | None = None
     log_level: str = "INFO"
+    database_pool_size: int = 20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -37,6 +38,7 @@ class Settings:
             rasa_url=env.get("PARLEY_RASA_URL") or None,
             public_url=public_url.rstrip("/") if public_url else None,
             log_level=env.get("PARLEY_LOG_LEVEL", "INFO").upper(),
+            database_pool_size=int(env.get("PARLEY_DATABASE_POOL_SIZE", "20")),
         )
 
     def with_public_url(self, url: str) -> Settings:

@@ -330,6 +330,19 @@ def test_verify_rejects_a_wrong_signature() -> None:
         channel().verify(request)
 
 
+def test_verify_rejects_a_non_ascii_signature_cleanly() -> None:
+    request = webhook(load_fixture("inbound__sms"), headers={"X-Twilio-Signature": "sïgnature=="})
+    with pytest.raises(SignatureError):
+        channel().verify(request)
+
+
+def test_verify_accepts_a_signature_over_the_url_with_its_default_port() -> None:
+    # Twilio may sign https://host:443/… for a URL configured without the port, or the reverse.
+    pairs = load_fixture("inbound__sms")
+    with_port = HOOK_URL.replace("parley.example.com", "parley.example.com:443")
+    channel().verify(webhook(pairs, signed_url=with_port))
+
+
 def test_verify_rejects_a_signature_made_with_another_token() -> None:
     with pytest.raises(SignatureError):
         channel().verify(webhook(load_fixture("inbound__sms"), token="another-accounts-token"))
