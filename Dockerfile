@@ -8,8 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PARLEY_DATA_DIR=/data
 
 WORKDIR /src
-# README.md* so the build works whether or not the README exists yet (setuptools only warns).
-COPY pyproject.toml README.md* ./
+COPY pyproject.toml README.md ./
 COPY parley ./parley
 COPY gateway ./gateway
 COPY channels ./channels
