@@ -33,7 +33,11 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     form = _EMPTY
     if request.content_type == "application/x-www-form-urlencoded":
-        form = await request.post()  # type: ignore[assignment]  # values are str for url-encoded forms
+        try:
+            form = await request.post()  # type: ignore[assignment]  # values are str for url-encoded forms
+        except (UnicodeDecodeError, LookupError) as e:  # bytes that are not text, or an unknown charset
+            WEBHOOKS.labels(channel=channel_name, outcome="malformed").inc()
+            return json_error(400, "malformed_payload", f"the form body cannot be decoded: {e}")
     public_url = request.app[SETTINGS].public_url
     url = f"{public_url}{request.path_qs}" if public_url else str(request.url)
     hook = WebhookRequest(

@@ -338,3 +338,37 @@ async def test_a_status_for_a_message_parley_never_sent_is_acknowledged_and_chan
     status, _ = await gateway.post(load_fixture("status__delivered"), route="status")
     assert status == 200
     assert await gateway.count(Message) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"Body=\xff\xfe&From=%2B14155550100", "application/x-www-form-urlencoded"),
+        (b"Body=hi&From=%2B14155550100", "application/x-www-form-urlencoded; charset=klingon"),
+    ],
+)
+async def test_an_undecodable_form_body_is_a_400_not_a_crash(
+    gateway: Gateway, body: bytes, content_type: str
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.webhook_url, data=body, headers={"Content-Type": content_type, "X-Twilio-Signature": "x"}
+        ) as response,
+    ):
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "malformed_payload"
+    assert await gateway.count(Message) == 0
+
+
+async def test_an_oversized_webhook_is_a_413(gateway: Gateway) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            gateway.webhook_url,
+            data=b"Body=" + b"a" * (6 * 1024 * 1024),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ) as response,
+    ):
+        assert response.status == 413
+    assert await gateway.count(Message) == 0
