@@ -8,6 +8,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, ClassVar, Literal, Self
 
 from multidict import MultiDict, MultiDictProxy, MultiMapping
@@ -33,8 +34,37 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedContact:
+    """A contact card the customer shared (WhatsApp contacts, Telegram contact)."""
+
+    name: str
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonReply:
+    """The customer pressed a button or picked a list row we sent: `id` is the payload we gave it."""
+
+    id: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
 class InboundMessage:
-    """A message a customer sent, as every channel reports it."""
+    """A message a customer sent, as every channel reports it.
+
+    `text` is always set to something a person can read (a location's name, a button's title),
+    so channels and screens that know nothing of the typed fields still show the message.
+    """
 
     provider_message_id: str
     sender: Address
@@ -44,6 +74,9 @@ class InboundMessage:
     sender_name: str | None = None
     # Set when the text is a carrier keyword (STOP, START…) that changes the contact's consent.
     consent_change: ConsentChange | None = None
+    location: Location | None = None
+    shared_contacts: tuple[SharedContact, ...] = ()
+    button_reply: ButtonReply | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -89,12 +122,30 @@ class WebhookReply:
 
 
 @dataclass(frozen=True, slots=True)
+class Button:
+    id: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A pre-approved message (WhatsApp): Twilio's Content SID or the Cloud API's template name."""
+
+    name: str
+    language: str | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class OutboundMessage:
     message_id: int
     recipient: Address
     text: str
     attachments: tuple[Attachment, ...] = ()
     status_callback_url: str | None = None
+    # Rich content: a channel without `capabilities.buttons` renders them as a numbered list.
+    buttons: tuple[Button, ...] = ()
+    template: Template | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +162,10 @@ class Capabilities:
     media: bool = False
     buttons: bool = False
     max_text_length: int | None = None
+    templates: bool = False
+    # WhatsApp's customer-service window: free-form replies only this long after the customer's
+    # last message; outside it, only templates.
+    reply_window: timedelta | None = None
 
 
 class ChannelError(Exception):
@@ -181,6 +236,14 @@ class Channel(ABC):
     def acknowledge(self, request: WebhookRequest, events: Sequence[InboundEvent]) -> WebhookReply:
         """The 2xx answer once the events are stored."""
         return WebhookReply()
+
+    def handshake(self, request: WebhookRequest) -> WebhookReply | None:
+        """Answer a provider's GET verification of the webhook URL (Meta's `hub.challenge`).
+
+        None means the channel has no such handshake (the gateway answers 405); raise
+        `SignatureError` when the request does not prove it knows the inbox's verify token.
+        """
+        return None
 
     @abstractmethod
     async def send(self, message: OutboundMessage) -> SendReceipt:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeGuard, cast
 
 from sqlalchemy import Table, and_, bindparam, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from channels.base import DeliveryStatus, InboundEvent, InboundMessage
+from channels.base import ButtonReply, DeliveryStatus, InboundEvent, InboundMessage
 from crm_core.consent import record_consent
 from crm_core.models import ChannelIdentity, Contact
 from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
@@ -65,7 +65,28 @@ async def ingest(db: Database, inbox: InboxRuntime, events: Sequence[InboundEven
 
 
 def _fits_fast_path(event: InboundEvent) -> TypeGuard[InboundMessage]:
-    return isinstance(event, InboundMessage) and event.consent_change is None
+    # Keywords change consent, and a bare number may pick an option we offered as a numbered list.
+    return (
+        isinstance(event, InboundMessage) and event.consent_change is None and _option_number(event) is None
+    )
+
+
+def _option_number(event: InboundMessage) -> int | None:
+    text = event.text.strip().rstrip(".)")
+    return int(text) if event.button_reply is None and text.isdigit() and len(text) <= 2 else None
+
+
+def _message_extra(event: InboundMessage, button_reply: ButtonReply | None = None) -> dict[str, Any]:
+    """The provider's leftovers plus the typed content, as stored in `messages.extra`."""
+    extra: dict[str, Any] = dict(event.extra)
+    if event.location is not None:
+        extra["location"] = asdict(event.location)
+    if event.shared_contacts:
+        extra["shared_contacts"] = [asdict(c) for c in event.shared_contacts]
+    reply = button_reply or event.button_reply
+    if reply is not None:
+        extra["button_reply"] = asdict(reply)
+    return extra
 
 
 def _attachments(event: InboundMessage) -> list[dict[str, Any]]:
@@ -103,7 +124,8 @@ WITH found AS (
         ON c.contact_id = ci.contact_id AND c.inbox_id = :inbox_id AND c.status <> 'resolved'
     WHERE ci.tenant_id = :tenant_id AND ci.kind = :kind AND ci.address = :address
 ), touched AS (
-    UPDATE conversations SET last_message_at = :now, updated_at = :now, status = 'open'
+    UPDATE conversations
+    SET last_message_at = :now, last_inbound_at = :now, updated_at = :now, status = 'open'
     FROM found
     WHERE conversations.id = found.conversation_id AND found.duplicate_id IS NULL
         AND conversations.status <> 'resolved'
@@ -143,8 +165,9 @@ WITH contact AS (
     RETURNING id, contact_id
 ), conversation AS (
     INSERT INTO conversations (tenant_id, inbox_id, contact_id, identity_id, status, last_message_at,
-        created_at, updated_at)
-    SELECT :tenant_id, :inbox_id, identity.contact_id, identity.id, 'open', :now, :now, :now FROM identity
+        last_inbound_at, created_at, updated_at)
+    SELECT :tenant_id, :inbox_id, identity.contact_id, identity.id, 'open', :now, :now, :now, :now
+    FROM identity
     RETURNING id, contact_id
 ), message AS (
     INSERT INTO messages (tenant_id, inbox_id, conversation_id, direction, sender_type, sender_id,
@@ -185,7 +208,7 @@ async def _ingest_in_one_statement(
         "now": utcnow(),
         "body": event.text,
         "attachments": json.dumps(_attachments(event)),
-        "extra": json.dumps(dict(event.extra)),
+        "extra": json.dumps(_message_extra(event)),
     }
     async with db.autocommit_engine.connect() as conn:
         try:
@@ -250,9 +273,40 @@ _INSERT_CONVERSATION = insert(_conversations).returning(_conversations.c.id)
 _TOUCH_CONVERSATION = (
     update(_conversations)
     .where(_conversations.c.id == bindparam("conversation_id"))
-    .values(last_message_at=bindparam("now"), updated_at=bindparam("now"), status=ConversationStatus.OPEN)
+    .values(
+        last_message_at=bindparam("now"),
+        last_inbound_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        status=ConversationStatus.OPEN,
+    )
 )
 _INSERT_MESSAGE = insert(_messages).returning(_messages.c.id)
+
+
+# The options of the last message we sent with buttons, for a channel that showed them as a list.
+_LAST_OFFER = (
+    select(_messages.c.extra)
+    .where(
+        _messages.c.conversation_id == bindparam("conversation_id"),
+        _messages.c.direction == "outbound",
+    )
+    .order_by(_messages.c.id.desc())
+    .limit(1)
+)
+
+
+async def _picked_option(
+    conn: AsyncConnection, conversation_id: int, event: InboundMessage
+) -> ButtonReply | None:
+    """A reply of "2" to a numbered list of options picks the second option."""
+    number = _option_number(event)
+    if number is None:
+        return None
+    extra = (await conn.execute(_LAST_OFFER, {"conversation_id": conversation_id})).scalar()
+    buttons = (extra or {}).get("buttons") or []
+    if not 1 <= number <= len(buttons):
+        return None
+    return ButtonReply(id=str(buttons[number - 1]["id"]), title=str(buttons[number - 1]["title"]))
 
 
 async def _store_message(
@@ -319,6 +373,7 @@ async def _store_message(
                     "identity_id": identity_id,
                     "status": ConversationStatus.OPEN,
                     "last_message_at": now,
+                    "last_inbound_at": now,
                     "created_at": now,
                     "updated_at": now,
                 },
@@ -348,7 +403,7 @@ async def _store_message(
                 "provider_message_id": event.provider_message_id,
                 "status": MessageStatus.RECEIVED,
                 "attempts": 0,
-                "extra": dict(event.extra),
+                "extra": _message_extra(event, await _picked_option(conn, conversation_id, event)),
                 "created_at": now,
                 "updated_at": now,
             },

@@ -38,11 +38,9 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         except (UnicodeDecodeError, LookupError) as e:  # bytes that are not text, or an unknown charset
             WEBHOOKS.labels(channel=channel_name, outcome="malformed").inc()
             return json_error(400, "malformed_payload", f"the form body cannot be decoded: {e}")
-    public_url = request.app[SETTINGS].public_url
-    url = f"{public_url}{request.path_qs}" if public_url else str(request.url)
     hook = WebhookRequest(
         method=request.method,
-        url=url,
+        url=_public_url(request),
         route=request.match_info.get("route", ""),
         headers=request.headers,
         body=body,
@@ -71,6 +69,40 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
     return web.Response(text=reply.body, content_type=reply.content_type, status=reply.status)
 
 
+async def handle_handshake(request: web.Request) -> web.StreamResponse:
+    """A provider checking the webhook URL before using it (Meta's `hub.challenge`)."""
+    try:
+        inbox_id = int(request.match_info["inbox_id"])
+    except ValueError:
+        return json_error(404, "not_found", "inbox not found")
+    inbox = await request.app[DIRECTORY].get(inbox_id)
+    if inbox is None:
+        return json_error(404, "not_found", "inbox not found")
+    hook = WebhookRequest(
+        method=request.method,
+        url=_public_url(request),
+        route=request.match_info.get("route", ""),
+        headers=request.headers,
+        body=b"",
+        query=request.query,
+    )
+    try:
+        reply = inbox.channel.handshake(hook)
+    except SignatureError as e:
+        WEBHOOKS.labels(channel=inbox.channel_name, outcome="forged").inc()
+        return json_error(403, "invalid_signature", str(e))
+    if reply is None:
+        return json_error(405, "method_not_allowed", f"{inbox.channel_name} webhooks are POSTed")
+    return web.Response(text=reply.body, content_type=reply.content_type, status=reply.status)
+
+
+def _public_url(request: web.Request) -> str:
+    """The URL as the provider called it: behind a proxy, rebuilt from PARLEY_PUBLIC_URL."""
+    public_url = request.app[SETTINGS].public_url
+    return f"{public_url}{request.path_qs}" if public_url else str(request.url)
+
+
 def setup_webhooks(app: web.Application) -> None:
-    app.router.add_post("/webhooks/{inbox_id}", handle_webhook)
-    app.router.add_post("/webhooks/{inbox_id}/{route}", handle_webhook)
+    for path in ("/webhooks/{inbox_id}", "/webhooks/{inbox_id}/{route}"):
+        app.router.add_post(path, handle_webhook)
+        app.router.add_get(path, handle_handshake)

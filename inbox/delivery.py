@@ -11,17 +11,19 @@ from sqlalchemy import select, update
 from channels.base import (
     Address,
     Attachment,
+    Button,
     ChannelAuthError,
     DeliveryStatus,
     OutboundMessage,
     PermanentDeliveryError,
+    Template,
     TransientDeliveryError,
 )
 from crm_core.consent import has_opted_out
 from crm_core.models import ChannelIdentity
 from inbox.models import Conversation, Message, MessageStatus
 from inbox.runtime import InboxDirectory
-from inbox.service import apply_delivery_status
+from inbox.service import apply_delivery_status, numbered_options
 from parley.db import Database
 from parley.metrics import MESSAGES_SENT
 from parley.outbox import Event, RetryLater, emit
@@ -90,12 +92,25 @@ class OutboundDelivery:
             return
 
         base = self.public_url()
+        text = message.body
+        buttons = tuple(Button(str(b["id"]), str(b["title"])) for b in message.extra.get("buttons", ()))
+        if buttons and not inbox.channel.capabilities.buttons:
+            text, buttons = numbered_options(text, buttons), ()
+        stored_template = message.extra.get("template")
         outbound = OutboundMessage(
             message_id=message.id,
             recipient=Address(row.kind, row.address),
-            text=message.body,
+            text=text,
             attachments=tuple(Attachment(a["url"], a.get("content_type")) for a in message.attachments),
             status_callback_url=f"{base}/webhooks/{message.inbox_id}/status" if base else None,
+            buttons=buttons,
+            template=None
+            if stored_template is None
+            else Template(
+                stored_template["name"],
+                stored_template.get("language"),
+                stored_template.get("variables") or {},
+            ),
         )
         attempt = message.attempts + 1
         try:

@@ -41,6 +41,10 @@ STATUS_RANK = {
 }
 
 
+# Keys of `messages.extra` that hold typed content rather than provider leftovers.
+CONTENT_KEYS = ("location", "shared_contacts", "button_reply", "buttons", "template")
+
+
 class Inbox(Base):
     """One configured channel instance: a Twilio number, a mailbox, a chat widget…"""
 
@@ -82,6 +86,8 @@ class Conversation(Base):
     status: Mapped[str] = mapped_column(String(20), default=ConversationStatus.OPEN)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     last_message_at: Mapped[datetime | None]
+    # When the customer last wrote: opens WhatsApp's 24-hour window for free-form replies.
+    last_inbound_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     resolved_at: Mapped[datetime | None]
@@ -112,3 +118,8 @@ class Message(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    @property
+    def content_attributes(self) -> dict[str, Any]:
+        """The typed content kept in `extra` (the rest of `extra` is the provider's leftovers)."""
+        return {key: self.extra[key] for key in CONTENT_KEYS if key in self.extra}

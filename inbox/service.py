@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from channels.base import Attachment, DeliveryStatus
+from channels.base import Attachment, Button, DeliveryStatus, Template
 from inbox.models import STATUS_RANK, Conversation, Message, MessageStatus
 from parley.db import utcnow
 from parley.outbox import emit
@@ -29,8 +29,19 @@ async def queue_outbound(
     sender_type: str,
     sender_id: int | None,
     attachments: Sequence[Attachment] = (),
+    buttons: Sequence[Button] = (),
+    template: Template | None = None,
 ) -> Message:
     """Add a queued reply plus the event a dispatcher turns into a provider call."""
+    extra: dict[str, Any] = {}
+    if buttons:
+        extra["buttons"] = [{"id": b.id, "title": b.title} for b in buttons]
+    if template is not None:
+        extra["template"] = {
+            "name": template.name,
+            "language": template.language,
+            "variables": dict(template.variables),
+        }
     message = Message(
         tenant_id=conversation.tenant_id,
         inbox_id=conversation.inbox_id,
@@ -40,6 +51,7 @@ async def queue_outbound(
         sender_id=sender_id,
         body=body,
         attachments=[{"url": a.url, "content_type": a.content_type} for a in attachments],
+        extra=extra,
         status=MessageStatus.QUEUED,
     )
     session.add(message)
@@ -53,6 +65,12 @@ async def queue_outbound(
         ),
     )
     return message
+
+
+def numbered_options(text: str, buttons: Sequence[Button]) -> str:
+    """Buttons for a channel that has none: a numbered list the customer answers with a number."""
+    options = "\n".join(f"{n}. {b.title}" for n, b in enumerate(buttons, start=1))
+    return f"{text}\n\n{options}\n\nReply with a number."
 
 
 async def apply_delivery_status(

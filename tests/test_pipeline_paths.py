@@ -103,7 +103,11 @@ async def scenario(db: Database, tenant_name: str) -> dict[str, Any]:
     await directory.close()
     return {
         "results": [(len(r.stored), r.duplicates) for r in results],
-        "conversation": (conversation.status, conversation.last_message_at is not None),
+        "conversation": (
+            conversation.status,
+            conversation.last_message_at is not None,
+            conversation.last_inbound_at == conversation.last_message_at,
+        ),
         "messages": [row | {"tenant_id": "tenant"} for row in message_rows],
         "events": [(e.topic, {k: relabel(k, v) for k, v in e.payload.items()}, e.handled) for e in events],
     }
@@ -116,7 +120,7 @@ async def test_both_paths_write_the_same_rows_and_events(
     monkeypatch.setattr(pipeline, "_fits_fast_path", lambda event: False)
     general = await scenario(db, "general")
     assert usual == general
-    assert usual["conversation"] == ("open", True)
+    assert usual["conversation"] == ("open", True, True)
     assert [topic for topic, _, _ in usual["events"]] == [
         "contact.created",
         "conversation.opened",

@@ -13,6 +13,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select, text, update
 
+from channels.base import Button
 from crm_core.models import ChannelIdentity, Consent, Contact
 from gateway.app import create_app
 from gateway.keys import NOTIFIER
@@ -75,6 +76,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
         await asyncio.sleep(0.05)
 
 
+def inbound_sms(*, sid: str, body: str | None = None) -> list[tuple[str, str]]:
+    """The documented inbound SMS with another MessageSid (and body)."""
+    sids = ("MessageSid", "SmsSid", "SmsMessageSid")
+    return [
+        (k, sid if k in sids else body if k == "Body" and body is not None else v)
+        for k, v in load_fixture("inbound__sms")
+    ]
+
+
 async def message_row(db: Database, message_id: int) -> Message:
     async with db.sessionmaker() as session:
         return (await session.execute(select(Message).where(Message.id == message_id))).scalar_one()
@@ -120,10 +130,8 @@ async def test_signed_sms_creates_contact_conversation_and_message(gateway: Gate
 
 
 async def test_second_message_joins_the_open_conversation(gateway: Gateway) -> None:
-    first = load_fixture("inbound__sms")
-    second = [(k, "SM" + "2" * 32 if k in ("MessageSid", "SmsSid", "SmsMessageSid") else v) for k, v in first]
-    assert (await gateway.post(first))[0] == 200
-    assert (await gateway.post(second))[0] == 200
+    assert (await gateway.post(load_fixture("inbound__sms")))[0] == 200
+    assert (await gateway.post(inbound_sms(sid="SM" + "2" * 32)))[0] == 200
     assert await gateway.count(Contact) == 1
     assert await gateway.count(Conversation) == 1
     assert await gateway.count(Message) == 2
@@ -372,3 +380,44 @@ async def test_an_oversized_webhook_is_a_413(gateway: Gateway) -> None:
     ):
         assert response.status == 413
     assert await gateway.count(Message) == 0
+
+
+async def test_buttons_become_a_numbered_list_on_sms_and_a_number_picks_one(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("inbound__sms")))[0] == 200
+    async with gateway.db.transaction() as session:
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+        offer = await queue_outbound(
+            session,
+            conversation,
+            body="How can we help?",
+            sender_type="bot",
+            sender_id=None,
+            buttons=[Button("track", "Track my order"), Button("human", "Talk to a person")],
+        )
+    gateway.client.app[NOTIFIER].notify()
+
+    async def sent() -> bool:
+        return (await message_row(gateway.db, offer.id)).status == "sent"
+
+    await eventually(sent)
+    assert gateway.fake.requests[-1]["Body"] == [
+        "How can we help?\n\n1. Track my order\n2. Talk to a person\n\nReply with a number."
+    ]
+
+    assert (await gateway.post(inbound_sms(sid="SM" + "7" * 32, body="2 ")))[0] == 200
+    async with gateway.db.sessionmaker() as session:
+        reply = (await session.execute(select(Message).order_by(Message.id.desc()).limit(1))).scalar_one()
+    assert reply.body == "2 "
+    assert reply.content_attributes["button_reply"] == {"id": "human", "title": "Talk to a person"}
+
+    # A number that picks nothing stays plain text.
+    assert (await gateway.post(inbound_sms(sid="SM" + "8" * 32, body="7")))[0] == 200
+    async with gateway.db.sessionmaker() as session:
+        last = (await session.execute(select(Message).order_by(Message.id.desc()).limit(1))).scalar_one()
+    assert last.body == "7" and "button_reply" not in last.content_attributes
+
+
+async def test_sms_webhooks_have_no_get_handshake(gateway: Gateway) -> None:
+    url = f"{gateway.webhook_url}?hub.challenge=1"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 405

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from channels.base import Attachment
+from channels.base import Attachment, Button, Template
 from channels.registry import channel_class
 from crm_core.consent import has_opted_out
 from crm_core.models import Contact
@@ -216,6 +216,20 @@ async def send_message(call: ApiRequest, *, conversation_id: int, body: MessageC
             "message_too_long",
             f"body: {channel_name} carries at most {limit} characters ({len(body.body)} given).",
         )
+    window = channel.capabilities.reply_window
+    if body.template is not None and not channel.capabilities.templates:
+        raise ApiError(422, "templates_unsupported", f"template: {channel_name} has no message templates.")
+    if window is not None and body.template is None:
+        last = conversation.last_inbound_at
+        if last is None or utcnow() - last > window:
+            since = "has not written yet" if last is None else f"last wrote at {last.isoformat()}"
+            raise ApiError(
+                422,
+                "outside_reply_window",
+                f"The customer {since}; {channel_name} delivers free-form replies only within "
+                f"{window.total_seconds() / 3600:g} hours of the customer's last message. Send an approved "
+                "template instead (`template`: name, language, variables).",
+            )
     if await has_opted_out(call.session, contact_id=conversation.contact_id, channel=channel.consent_channel):
         raise ApiError(
             422,
@@ -234,6 +248,10 @@ async def send_message(call: ApiRequest, *, conversation_id: int, body: MessageC
         sender_type="user",
         sender_id=call.principal.user_id,
         attachments=[Attachment(url=a.url, content_type=a.content_type) for a in body.attachments],
+        buttons=[Button(id=b.id, title=b.title) for b in body.buttons],
+        template=None
+        if body.template is None
+        else Template(body.template.name, body.template.language, dict(body.template.variables)),
     )
     call.notify_after_commit()
     return MessageOut.model_validate(message)

@@ -286,14 +286,47 @@ class AttachmentOut(ResponseBody):
     content_type: str | None = None
 
 
+class ButtonIn(RequestBody):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="What comes back when the customer picks it."
+    )
+    title: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class TemplateIn(RequestBody):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
+        description="Twilio: the Content SID (HX…); WhatsApp Cloud API: the approved template's name."
+    )
+    language: Annotated[str, StringConstraints(min_length=2, max_length=15)] | None = Field(
+        None, description="The template's language code (Cloud API), e.g. `en_US`."
+    )
+    variables: dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=20)],
+        Annotated[str, StringConstraints(max_length=1024)],
+    ] = Field(default_factory=dict, max_length=50, description='Values by placeholder: `{"1": "Ann"}`.')
+
+
 class MessageCreate(RequestBody):
-    body: str = Field("", max_length=MAX_MESSAGE_LENGTH, description="Required unless there are attachments.")
+    body: str = Field(
+        "", max_length=MAX_MESSAGE_LENGTH, description="Required unless there are attachments or a template."
+    )
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+    buttons: list[ButtonIn] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Quick replies; channels without buttons show them as a numbered list, and the "
+        "customer's number is mapped back to the option.",
+    )
+    template: TemplateIn | None = Field(
+        None, description="An approved template, the only thing WhatsApp delivers outside the 24-hour window."
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> MessageCreate:
-        if not self.body.strip() and not self.attachments:
-            raise ValueError("a message needs a body or at least one attachment")
+        if not self.body.strip() and not self.attachments and self.template is None:
+            raise ValueError("a message needs a body, an attachment or a template")
+        if self.buttons and not self.body.strip():
+            raise ValueError("buttons need a body to go with them")
         return self
 
 
@@ -312,6 +345,10 @@ class MessageOut(ResponseBody):
     body: str
     attachments: list[AttachmentOut]
     status: MessageStatus
+    content_attributes: dict[str, Any] = Field(
+        description="Typed content beyond text: `location`, `shared_contacts`, `button_reply` (inbound); "
+        "`buttons`, `template` (outbound)."
+    )
     provider_message_id: str | None = Field(
         description="The provider's id (Twilio's SM… sid) once sent or received."
     )
