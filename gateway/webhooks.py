@@ -11,6 +11,7 @@ from channels.base import MalformedPayload, SignatureError, WebhookRequest
 from gateway.errors import json_error
 from gateway.keys import DB, DIRECTORY, NOTIFIER, SETTINGS
 from gateway.pipeline import ingest
+from inbox.runtime import InboxRuntime
 from parley.metrics import INBOUND_MESSAGES, WEBHOOKS
 
 logger = logging.getLogger(__name__)
@@ -19,14 +20,20 @@ MAX_WEBHOOK_BYTES = 5 * 1024 * 1024
 _EMPTY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
 
-async def handle_webhook(request: web.Request) -> web.StreamResponse:
-    try:
-        inbox_id = int(request.match_info["inbox_id"])
-    except ValueError:
-        return json_error(404, "not_found", "inbox not found")
-    inbox = await request.app[DIRECTORY].get(inbox_id)
+async def _inbox(request: web.Request) -> InboxRuntime | None:
+    """The inbox a webhook URL names, or None (answered 404 like any unknown path)."""
+    inbox_id = request.match_info["inbox_id"]
+    # ASCII digits only ("²".isdigit() is true), and short enough for a 64-bit id.
+    valid = inbox_id.isascii() and inbox_id.isdigit() and len(inbox_id) <= 18
+    inbox = await request.app[DIRECTORY].get(int(inbox_id)) if valid else None
     if inbox is None:
         WEBHOOKS.labels(channel="unknown", outcome="no_inbox").inc()
+    return inbox
+
+
+async def handle_webhook(request: web.Request) -> web.StreamResponse:
+    inbox = await _inbox(request)
+    if inbox is None:
         return json_error(404, "not_found", "inbox not found")
     channel_name = inbox.channel_name
 
@@ -51,13 +58,13 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         inbox.channel.verify(hook)
     except SignatureError as e:
         WEBHOOKS.labels(channel=channel_name, outcome="forged").inc()
-        logger.warning("inbox %s: rejected webhook: %s", inbox_id, e)
+        logger.warning("inbox %s: rejected webhook: %s", inbox.id, e)
         return json_error(403, "invalid_signature", str(e))
     try:
         events = inbox.channel.parse(hook)
     except MalformedPayload as e:
         WEBHOOKS.labels(channel=channel_name, outcome="malformed").inc()
-        logger.warning("inbox %s: malformed webhook: %s", inbox_id, e)
+        logger.warning("inbox %s: malformed webhook: %s", inbox.id, e)
         return json_error(400, "malformed_payload", str(e))
 
     result = await ingest(request.app[DB], inbox, events)
@@ -71,11 +78,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
 
 async def handle_handshake(request: web.Request) -> web.StreamResponse:
     """A provider checking the webhook URL before using it (Meta's `hub.challenge`)."""
-    try:
-        inbox_id = int(request.match_info["inbox_id"])
-    except ValueError:
-        return json_error(404, "not_found", "inbox not found")
-    inbox = await request.app[DIRECTORY].get(inbox_id)
+    inbox = await _inbox(request)
     if inbox is None:
         return json_error(404, "not_found", "inbox not found")
     hook = WebhookRequest(

@@ -186,6 +186,9 @@ async def test_unknown_inbox_is_a_404(gateway: Gateway) -> None:
             assert response.status == 404
         async with session.post(f"{gateway.base_url}/webhooks/not-a-number", data={"From": "+1"}) as response:
             assert response.status == 404
+        for odd in ("²", "99999999999999999999999", "-1"):  # never a 500 from int() or a 64-bit overflow
+            async with session.post(f"{gateway.base_url}/webhooks/{odd}", data={"From": "+1"}) as response:
+                assert response.status == 404, odd
 
 
 async def test_database_failure_answers_5xx_writes_nothing_and_the_retry_succeeds(gateway: Gateway) -> None:
