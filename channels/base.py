@@ -40,6 +40,11 @@ class Location:
     name: str | None = None
     address: str | None = None
 
+    def describe(self) -> str:
+        """What a person reads for it: the place's name and address, else the coordinates."""
+        place = ", ".join(part for part in (self.name, self.address) if part)
+        return place or f"Location: {self.latitude}, {self.longitude}"
+
 
 @dataclass(frozen=True, slots=True)
 class SharedContact:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from channels.base import Channel
 from channels.twilio_sms import TwilioSms
+from channels.twilio_whatsapp import TwilioWhatsApp
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms,)}
+CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms, TwilioWhatsApp)}
 
 
 def channel_class(name: str) -> type[Channel]:

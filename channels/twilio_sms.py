@@ -1,15 +1,18 @@
-"""Twilio Programmable Messaging (SMS/MMS), and Twilio-compatible providers through `api_base_url`."""
+"""Twilio Programmable Messaging (SMS/MMS), and Twilio-compatible providers through `api_base_url`.
+
+`TwilioSms` is also the base of the other channels Twilio carries over the same Messages API
+(`channels.twilio_whatsapp`): they share its signature check, settings, client and error
+translation, and bring their own parsers (`_parsers`) and message parameters (`_message_params`).
+"""
 
 from __future__ import annotations
 
 import base64
 import contextvars
-import email.utils
 import hmac
 import logging
 import re
 import string
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -45,6 +48,7 @@ from channels.base import (
     WebhookReply,
     WebhookRequest,
 )
+from channels.common import header, optional_str, required_str, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,9 @@ _ERROR_MESSAGES: Mapping[str, str] = {
     "30007": "Message filtered (carrier violation)",
     "30008": "Unknown error",
 }
+
+# A webhook route's parser: the form and the inbox's default region in, one event out.
+Parser = Callable[[MultiMapping[str], str], InboundEvent]
 
 _EMPTY_TWIML = WebhookReply(
     body='<?xml version="1.0" encoding="UTF-8"?><Response></Response>', content_type="text/xml"
@@ -180,24 +187,24 @@ class TwilioSms(Channel):
         cls, settings: Mapping[str, Any], secrets: Mapping[str, str]
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """Check and clean an inbox's Twilio settings and auth token."""
-        account_sid = _required_str(settings, "account_sid")
+        account_sid = required_str(settings, "account_sid")
         if not _ACCOUNT_SID.fullmatch(account_sid):
             raise ConfigurationError("account_sid must be 'AC' followed by 32 hex digits")
 
-        default_region = _optional_str(settings, "default_region") or "US"
+        default_region = optional_str(settings, "default_region") or "US"
         default_region = default_region.upper()
         if default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigurationError(f"default_region {default_region!r} is not a known ISO country code")
 
         cleaned: dict[str, Any] = {"account_sid": account_sid, "default_region": default_region}
 
-        phone_number = _optional_str(settings, "phone_number")
+        phone_number = optional_str(settings, "phone_number")
         if phone_number:
-            e164 = _normalise_phone(phone_number, default_region)
+            e164 = normalise_phone(phone_number, default_region)
             if e164 is None:
                 raise ConfigurationError(f"phone_number {phone_number!r} is not a valid phone number")
             cleaned["phone_number"] = e164
-        messaging_service_sid = _optional_str(settings, "messaging_service_sid")
+        messaging_service_sid = optional_str(settings, "messaging_service_sid")
         if messaging_service_sid:
             if not _MESSAGING_SERVICE_SID.fullmatch(messaging_service_sid):
                 raise ConfigurationError("messaging_service_sid must be 'MG' followed by 32 hex digits")
@@ -205,7 +212,7 @@ class TwilioSms(Channel):
         if not phone_number and not messaging_service_sid:
             raise ConfigurationError("one of phone_number or messaging_service_sid is required")
 
-        api_base_url = _optional_str(settings, "api_base_url") or DEFAULT_API_BASE_URL
+        api_base_url = optional_str(settings, "api_base_url") or DEFAULT_API_BASE_URL
         parts = urlsplit(api_base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ConfigurationError(f"api_base_url {api_base_url!r} must be an http(s) URL without query")
@@ -229,7 +236,7 @@ class TwilioSms(Channel):
 
     def verify(self, request: WebhookRequest) -> None:
         """Check `X-Twilio-Signature` over the public URL and the form parameters."""
-        signature = _header(request.headers, SIGNATURE_HEADER)
+        signature = header(request.headers, SIGNATURE_HEADER)
         if not signature:
             raise SignatureError("missing X-Twilio-Signature header")
         # The MultiDict goes in as is: the validator reads repeated keys with getall(), and is
@@ -244,7 +251,7 @@ class TwilioSms(Channel):
 
     def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """Turn an incoming-message webhook or a status callback into one normalised event."""
-        parser = _PARSERS.get(request.route)
+        parser = self._parsers().get(request.route)
         if parser is None:
             raise MalformedPayload(f"unknown Twilio webhook route {request.route!r}")
         return [parser(request.form, self.default_region)]
@@ -255,24 +262,13 @@ class TwilioSms(Channel):
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """Create a Message resource; translate Twilio and network failures into the channel errors."""
-        params: dict[str, Any] = {"to": message.recipient.value}
-        if self.phone_number:
-            params["from_"] = self.phone_number
-        if self.messaging_service_sid:
-            params["messaging_service_sid"] = self.messaging_service_sid
-        if message.text:
-            params["body"] = message.text
-        if message.attachments:
-            params["media_url"] = [a.url for a in message.attachments]
-        if message.status_callback_url:
-            params["status_callback"] = message.status_callback_url
-
+        params = self._message_params(message)
         client = self._get_client()
         token = _last_response_headers.set(None)
         try:
             resource = await client.messages.create_async(**params)
         except (TwilioRestException, TwilioServiceException) as e:
-            raise _translate(e, _last_response_headers.get()) from e
+            raise self._delivery_error(e, _last_response_headers.get()) from e
         except (aiohttp.ClientError, TimeoutError) as e:
             # asyncio.TimeoutError is TimeoutError since 3.11.
             raise TransientDeliveryError(f"Twilio API unreachable: {e!r}") from e
@@ -291,6 +287,31 @@ class TwilioSms(Channel):
             status=_STATUSES.get(twilio_status, "sent"),
             extra=extra,
         )
+
+    def _parsers(self) -> Mapping[str, Parser]:
+        """The webhook parsers by route."""
+        return _PARSERS
+
+    def _message_params(self, message: OutboundMessage) -> dict[str, Any]:
+        """The keyword arguments of `messages.create` for `message`."""
+        params: dict[str, Any] = {"to": message.recipient.value}
+        if self.phone_number:
+            params["from_"] = self.phone_number
+        if self.messaging_service_sid:
+            params["messaging_service_sid"] = self.messaging_service_sid
+        if message.text:
+            params["body"] = message.text
+        if message.attachments:
+            params["media_url"] = [a.url for a in message.attachments]
+        if message.status_callback_url:
+            params["status_callback"] = message.status_callback_url
+        return params
+
+    def _delivery_error(
+        self, e: TwilioRestException | TwilioServiceException, headers: Mapping[str, str] | None
+    ) -> ChannelError:
+        """The channel error for a failed create call."""
+        return translate_error(e, headers)
 
     async def close(self) -> None:
         """Close the HTTP session, if a send opened one."""
@@ -317,17 +338,51 @@ def _parse_message(form: MultiMapping[str], default_region: str) -> InboundMessa
     sender = form.get("From", "").strip()
     if not sender:
         raise MalformedPayload("Twilio message without From")
+    sid = message_sid(form)
+    consumed = {"From", "To", "Body", "MessageSid", "SmsMessageSid", "SmsSid", "NumMedia"}
+    attachments = media_attachments(form, consumed)
+
+    recipient = form.get("To", "").strip()
+    text = form.get("Body", "")
+    return InboundMessage(
+        provider_message_id=sid,
+        sender=Address("phone", normalise_phone(sender, default_region) or sender),
+        recipient=Address("phone", normalise_phone(recipient, default_region) or recipient)
+        if recipient
+        else None,
+        text=text,
+        attachments=attachments,
+        consent_change=_consent_change(text),
+        extra=leftovers(form, consumed),
+    )
+
+
+def _parse_status(form: MultiMapping[str], default_region: str) -> DeliveryStatus:
+    return delivery_status(form, _ERROR_MESSAGES)
+
+
+_PARSERS: Mapping[str, Parser] = {
+    "": _parse_message,
+    "status": _parse_status,
+}
+
+
+def message_sid(form: MultiMapping[str]) -> str:
+    """The id of an incoming message, from whichever of Twilio's names for it is present."""
     sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid")
     if not sid:
         raise MalformedPayload("Twilio message without MessageSid")
+    return sid
+
+
+def media_attachments(form: MultiMapping[str], consumed: set[str]) -> tuple[Attachment, ...]:
+    """The `NumMedia` attachments of an incoming message, in order; adds their keys to `consumed`."""
     try:
         num_media = int(form.get("NumMedia", "0") or "0")
     except ValueError:
         raise MalformedPayload(f"NumMedia is not an integer: {form.get('NumMedia')!r}") from None
     if num_media < 0:
         raise MalformedPayload(f"NumMedia is negative: {num_media}")
-
-    consumed = {"From", "To", "Body", "MessageSid", "SmsMessageSid", "SmsSid", "NumMedia"}
     attachments = []
     for i in range(num_media):
         url = form.get(f"MediaUrl{i}")
@@ -335,23 +390,11 @@ def _parse_message(form: MultiMapping[str], default_region: str) -> InboundMessa
             raise MalformedPayload(f"NumMedia is {num_media} but MediaUrl{i} is missing")
         attachments.append(Attachment(url=url, content_type=form.get(f"MediaContentType{i}") or None))
         consumed.update((f"MediaUrl{i}", f"MediaContentType{i}"))
-
-    recipient = form.get("To", "").strip()
-    text = form.get("Body", "")
-    return InboundMessage(
-        provider_message_id=sid,
-        sender=Address("phone", _normalise_phone(sender, default_region) or sender),
-        recipient=Address("phone", _normalise_phone(recipient, default_region) or recipient)
-        if recipient
-        else None,
-        text=text,
-        attachments=tuple(attachments),
-        consent_change=_consent_change(text),
-        extra=_leftovers(form, consumed),
-    )
+    return tuple(attachments)
 
 
-def _parse_status(form: MultiMapping[str], default_region: str) -> DeliveryStatus:
+def delivery_status(form: MultiMapping[str], error_messages: Mapping[str, str]) -> DeliveryStatus:
+    """A status callback; `error_messages` gives the reason for the channel's known error codes."""
     sid = form.get("MessageSid") or form.get("SmsSid")
     if not sid:
         raise MalformedPayload("Twilio status callback without MessageSid")
@@ -366,7 +409,7 @@ def _parse_status(form: MultiMapping[str], default_region: str) -> DeliveryStatu
     error_message = None
     if error_code is not None:
         error_message = (
-            _ERROR_MESSAGES.get(error_code) or form.get("ErrorMessage") or f"Twilio error {error_code}"
+            error_messages.get(error_code) or form.get("ErrorMessage") or f"Twilio error {error_code}"
         )
     consumed = {"MessageSid", "SmsSid", "MessageStatus", "SmsStatus", "ErrorCode", "ErrorMessage"}
     return DeliveryStatus(
@@ -374,14 +417,8 @@ def _parse_status(form: MultiMapping[str], default_region: str) -> DeliveryStatu
         status=status,
         error_code=error_code,
         error_message=error_message,
-        extra=_leftovers(form, consumed),
+        extra=leftovers(form, consumed),
     )
-
-
-_PARSERS: Mapping[str, Callable[[MultiMapping[str], str], InboundEvent]] = {
-    "": _parse_message,
-    "status": _parse_status,
-}
 
 
 def _consent_change(text: str) -> ConsentChange | None:
@@ -393,7 +430,8 @@ def _consent_change(text: str) -> ConsentChange | None:
     return None
 
 
-def _leftovers(form: MultiMapping[str], consumed: set[str]) -> dict[str, str]:
+def leftovers(form: MultiMapping[str], consumed: set[str]) -> dict[str, str]:
+    """The form's fields not in `consumed` (the first of repeated keys), for `extra`."""
     extra: dict[str, str] = {}
     for key, value in form.items():
         if key not in consumed and key not in extra:
@@ -401,7 +439,7 @@ def _leftovers(form: MultiMapping[str], consumed: set[str]) -> dict[str, str]:
     return extra
 
 
-def _normalise_phone(value: str, default_region: str) -> str | None:
+def normalise_phone(value: str, default_region: str) -> str | None:
     """E.164 for anything that is a possible phone number; None for short codes, alphanumerics…"""
     value = value.strip()
     if not _PHONE_CHARS.fullmatch(value):
@@ -415,57 +453,16 @@ def _normalise_phone(value: str, default_region: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-def _translate(
+def translate_error(
     e: TwilioRestException | TwilioServiceException, headers: Mapping[str, str] | None
 ) -> ChannelError:
+    """Twilio's refusal as a channel error: 429/5xx transient, 401/403 auth, anything else permanent."""
     status = int(e.status)
     code = str(e.code) if e.code is not None else None
     reason = e.msg if isinstance(e, TwilioRestException) else (e.detail or e.title)
     if status == 429 or status >= 500:
-        retry_after = _retry_after(headers.get("Retry-After") if headers is not None else None)
+        retry_after = retry_after_seconds(headers.get("Retry-After") if headers is not None else None)
         return TransientDeliveryError(f"Twilio answered {status}: {reason}", retry_after=retry_after)
     if status in (401, 403) or code == "20003":
         return ChannelAuthError(f"Twilio refused the credentials ({status}): {reason}")
     return PermanentDeliveryError(str(reason), code=code)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is not None:
-        return value
-    lowered = name.lower()
-    for key, value in headers.items():
-        if key.lower() == lowered:
-            return value
-    return None
-
-
-def _required_str(settings: Mapping[str, Any], key: str) -> str:
-    value = _optional_str(settings, key)
-    if not value:
-        raise ConfigurationError(f"{key} is required")
-    return value
-
-
-def _optional_str(settings: Mapping[str, Any], key: str) -> str | None:
-    value = settings.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{key} must be a string")
-    return value.strip() or None

@@ -43,7 +43,7 @@ class IngestResult:
 
 async def ingest(db: Database, inbox: InboxRuntime, events: Sequence[InboundEvent]) -> IngestResult:
     """Store a webhook's events in one transaction; replay it if a concurrent delivery raced us."""
-    if not db.is_sqlite and len(events) == 1 and _fits_fast_path(events[0]):
+    if not db.is_sqlite and len(events) == 1 and _fits_fast_path(events[0], inbox):
         fast = await _ingest_in_one_statement(db, inbox, events[0])
         if fast is not None:
             return fast
@@ -64,14 +64,19 @@ async def ingest(db: Database, inbox: InboxRuntime, events: Sequence[InboundEven
     raise AssertionError("unreachable")
 
 
-def _fits_fast_path(event: InboundEvent) -> TypeGuard[InboundMessage]:
+def _fits_fast_path(event: InboundEvent, inbox: InboxRuntime) -> TypeGuard[InboundMessage]:
     # Keywords change consent, and a bare number may pick an option we offered as a numbered list.
     return (
-        isinstance(event, InboundMessage) and event.consent_change is None and _option_number(event) is None
+        isinstance(event, InboundMessage)
+        and event.consent_change is None
+        and _option_number(inbox, event) is None
     )
 
 
-def _option_number(event: InboundMessage) -> int | None:
+def _option_number(inbox: InboxRuntime, event: InboundMessage) -> int | None:
+    """The option a bare number picks, on channels that showed our buttons as a numbered list."""
+    if inbox.channel.capabilities.buttons:
+        return None  # real buttons come back as button replies; a typed "2" is just text
     text = event.text.strip().rstrip(".)")
     return int(text) if event.button_reply is None and text.isdigit() and len(text) <= 2 else None
 
@@ -296,10 +301,10 @@ _LAST_OFFER = (
 
 
 async def _picked_option(
-    conn: AsyncConnection, conversation_id: int, event: InboundMessage
+    conn: AsyncConnection, inbox: InboxRuntime, conversation_id: int, event: InboundMessage
 ) -> ButtonReply | None:
     """A reply of "2" to a numbered list of options picks the second option."""
-    number = _option_number(event)
+    number = _option_number(inbox, event)
     if number is None:
         return None
     extra = (await conn.execute(_LAST_OFFER, {"conversation_id": conversation_id})).scalar()
@@ -403,7 +408,7 @@ async def _store_message(
                 "provider_message_id": event.provider_message_id,
                 "status": MessageStatus.RECEIVED,
                 "attempts": 0,
-                "extra": _message_extra(event, await _picked_option(conn, conversation_id, event)),
+                "extra": _message_extra(event, await _picked_option(conn, inbox, conversation_id, event)),
                 "created_at": now,
                 "updated_at": now,
             },

@@ -117,7 +117,7 @@ async def test_both_paths_write_the_same_rows_and_events(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     usual = await scenario(db, "usual")
-    monkeypatch.setattr(pipeline, "_fits_fast_path", lambda event: False)
+    monkeypatch.setattr(pipeline, "_fits_fast_path", lambda event, inbox: False)
     general = await scenario(db, "general")
     assert usual == general
     assert usual["conversation"] == ("open", True, True)
@@ -152,3 +152,17 @@ async def test_concurrent_redeliveries_from_a_returning_sender_store_one_message
         )
     assert stored == [message(1).provider_message_id, message(2).provider_message_id]
     await directory.close()
+
+
+def test_a_bare_number_picks_an_option_only_where_buttons_were_shown_as_a_numbered_list() -> None:
+    from channels.telegram import Telegram
+    from channels.twilio_sms import TwilioSms
+    from inbox.runtime import InboxRuntime
+
+    sms = TwilioSms.from_settings(
+        {"account_sid": "AC" + "0" * 32, "phone_number": "+15017122661"}, {"auth_token": "t"}
+    )
+    telegram = Telegram.from_settings({}, {"bot_token": "123456:ABCdef", "webhook_secret": "s3cret"})
+    typed_two = message(5, text="2")
+    assert pipeline._option_number(InboxRuntime(1, 1, "twilio_sms", sms, {}), typed_two) == 2
+    assert pipeline._option_number(InboxRuntime(2, 1, "telegram", telegram, {}), typed_two) is None

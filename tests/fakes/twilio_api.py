@@ -1,7 +1,8 @@
 """A local stand-in for Twilio's Messages API, speaking its wire format, plus webhook-signing helpers.
 
 Point the real SDK at it (`api_base_url` = `FakeTwilioApi.base_url`) so the SDK's own request
-building, basic auth and error parsing run in the tests.
+building, basic auth and error parsing run in the tests. It carries SMS and WhatsApp (`whatsapp:`
+addresses, Content API templates as `ContentSid` / `ContentVariables`) as Twilio does.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
+import re
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,7 +32,9 @@ DEFAULT_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 DEFAULT_AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
 # A sender Twilio would pick from a Messaging Service's pool (Twilio's documented test number).
 POOL_NUMBER = "+15005550006"
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "twilio_sms"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+WHATSAPP = "whatsapp:"
+_CONTENT_SID = re.compile(r"HX[0-9a-fA-F]{32}")
 
 # GSM 03.38 basic character set: bodies made only of these are 160 characters a segment,
 # anything else is sent as UCS-2 (70 a segment).
@@ -123,6 +128,9 @@ class FakeTwilioApi:
         if error_code is not None:
             resource["error_code"] = error_code
             params["ErrorCode"] = str(error_code)
+        on_whatsapp = resource["to"].startswith(WHATSAPP)
+        if on_whatsapp:
+            params["ChannelPrefix"] = "whatsapp"
         params.update(
             {
                 "SmsSid": sid,
@@ -131,10 +139,12 @@ class FakeTwilioApi:
                 "To": resource["to"],
                 "MessageSid": sid,
                 "AccountSid": self.account_sid,
-                "From": resource["from"] or POOL_NUMBER,
+                "From": resource["from"] or (WHATSAPP + POOL_NUMBER if on_whatsapp else POOL_NUMBER),
                 "ApiVersion": API_VERSION,
             }
         )
+        if on_whatsapp:
+            params["ChannelToAddress"] = resource["to"].removeprefix(WHATSAPP)
         if self._session is None:
             self._session = aiohttp.ClientSession()
         result = await post_signed(self._session, url, params, self.auth_token)
@@ -168,11 +178,19 @@ class FakeTwilioApi:
 
         to, sender, service = first("To"), first("From"), first("MessagingServiceSid")
         body, media = first("Body") or "", params.get("MediaUrl", [])
+        content_sid, content_variables = first("ContentSid"), first("ContentVariables")
         if not to:
             return _error(400, 21604, "A 'To' phone number is required.")
         if not sender and not service:
             return _error(400, 21603, "A 'From' phone number is required.")
-        if not body and not media:
+        if sender and sender.startswith(WHATSAPP) != to.startswith(WHATSAPP):
+            return _error(400, 21910, "Invalid From and To pair. From and To should be of the same channel")
+        if content_sid is not None:
+            if not _CONTENT_SID.fullmatch(content_sid):
+                return _error(400, 21655, "The ContentSid is Invalid")
+            if content_variables is not None and not _json_object(content_variables):
+                return _error(400, 21656, "The ContentVariables Parameter is invalid")
+        elif not body and not media:
             return _error(400, 21602, "Message body is required.")
 
         sid = "SM" + secrets.token_hex(16)
@@ -252,9 +270,9 @@ async def post_signed(
         return PostResult(response.status, await response.text(), response.content_type)
 
 
-def load_fixture(name: str) -> list[tuple[str, str]]:
-    """The ordered form pairs of `tests/fixtures/twilio_sms/<name>.txt`."""
-    body = (FIXTURES / f"{name}.txt").read_text(encoding="utf-8").strip()
+def load_fixture(name: str, channel: str = "twilio_sms") -> list[tuple[str, str]]:
+    """The ordered form pairs of `tests/fixtures/<channel>/<name>.txt`."""
+    body = (FIXTURES / channel / f"{name}.txt").read_text(encoding="utf-8").strip()
     return parse_qsl(body, keep_blank_values=True, strict_parsing=True)
 
 
@@ -284,6 +302,13 @@ def _error(
         "status": status,
     }
     return web.json_response(body, status=status, headers=headers)
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _rfc2822_now() -> str:
