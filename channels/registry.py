@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from channels.base import Channel
+from channels.telegram import Telegram
 from channels.twilio_sms import TwilioSms
 from channels.twilio_whatsapp import TwilioWhatsApp
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms, TwilioWhatsApp)}
+CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram)}
 
 
 def channel_class(name: str) -> type[Channel]:

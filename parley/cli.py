@@ -38,6 +38,8 @@ def _logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # python-telegram-bot logs request URLs, which carry the bot token, at DEBUG.
+    logging.getLogger("telegram").setLevel(max(logging.INFO, logging.getLevelName(settings.log_level)))
 
 
 @click.group()
