@@ -6,8 +6,9 @@ from channels.base import Channel
 from channels.telegram import Telegram
 from channels.twilio_sms import TwilioSms
 from channels.twilio_whatsapp import TwilioWhatsApp
+from channels.whatsapp_cloud import WhatsAppCloud
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram)}
+CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud)}
 
 
 def channel_class(name: str) -> type[Channel]:
