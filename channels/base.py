@@ -82,6 +82,9 @@ class InboundMessage:
     location: Location | None = None
     shared_contacts: tuple[SharedContact, ...] = ()
     button_reply: ButtonReply | None = None
+    # Where the message belongs when a channel has threads (a Slack thread's root): one
+    # conversation per thread instead of one per contact and inbox.
+    thread_key: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -151,6 +154,8 @@ class OutboundMessage:
     # Rich content: a channel without `capabilities.buttons` renders them as a numbered list.
     buttons: tuple[Button, ...] = ()
     template: Template | None = None
+    # The conversation's thread (as the channel reported it inbound), to reply inside it.
+    thread_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

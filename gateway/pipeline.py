@@ -69,6 +69,7 @@ def _fits_fast_path(event: InboundEvent, inbox: InboxRuntime) -> TypeGuard[Inbou
     return (
         isinstance(event, InboundMessage)
         and event.consent_change is None
+        and event.thread_key is None
         and _option_number(inbox, event) is None
     )
 
@@ -127,6 +128,7 @@ WITH found AS (
     FROM channel_identities ci
     JOIN conversations c
         ON c.contact_id = ci.contact_id AND c.inbox_id = :inbox_id AND c.status <> 'resolved'
+            AND c.thread_key IS NULL
     WHERE ci.tenant_id = :tenant_id AND ci.kind = :kind AND ci.address = :address
 ), touched AS (
     UPDATE conversations
@@ -268,13 +270,18 @@ _LOOKUP = (
             _conversations.c.contact_id == _identities.c.contact_id,
             _conversations.c.inbox_id == bindparam("inbox_id"),
             _conversations.c.status != ConversationStatus.RESOLVED,
+            _conversations.c.thread_key.is_(None),
         ),
     )
+)
+# A threaded channel's conversation is its thread's, whoever writes in it, resolved or not.
+_THREAD = select(_conversations.c.id, _conversations.c.status).where(
+    _conversations.c.inbox_id == bindparam("inbox_id"), _conversations.c.thread_key == bindparam("thread_key")
 )
 _INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
 _INSERT_IDENTITY = insert(_identities).returning(_identities.c.id)
 _INSERT_CONVERSATION = insert(_conversations).returning(_conversations.c.id)
-# A customer writing again wakes a snoozed or pending conversation.
+# A customer writing again wakes a snoozed or pending conversation, or a resolved thread.
 _TOUCH_CONVERSATION = (
     update(_conversations)
     .where(_conversations.c.id == bindparam("conversation_id"))
@@ -283,6 +290,7 @@ _TOUCH_CONVERSATION = (
         last_inbound_at=bindparam("now"),
         updated_at=bindparam("now"),
         status=ConversationStatus.OPEN,
+        resolved_at=None,
     )
 )
 _INSERT_MESSAGE = insert(_messages).returning(_messages.c.id)
@@ -338,6 +346,13 @@ async def _store_message(
     now = utcnow()
     contact_id, identity_id, conversation_id = found.contact_id, found.identity_id, found.conversation_id
     events: list[tuple[str, dict[str, Any]]] = []
+    if event.thread_key is not None:
+        thread = (
+            await conn.execute(_THREAD, {"inbox_id": inbox.id, "thread_key": event.thread_key})
+        ).one_or_none()
+        conversation_id = None if thread is None else thread.id
+        if thread is not None and thread.status == ConversationStatus.RESOLVED:
+            events.append(("conversation.reopened", {"conversation_id": thread.id, "inbox_id": inbox.id}))
     if identity_id is None:
         contact_id = (
             await conn.execute(
@@ -377,6 +392,7 @@ async def _store_message(
                     "contact_id": contact_id,
                     "identity_id": identity_id,
                     "status": ConversationStatus.OPEN,
+                    "thread_key": event.thread_key,
                     "last_message_at": now,
                     "last_inbound_at": now,
                     "created_at": now,

@@ -61,7 +61,13 @@ class OutboundDelivery:
         async with self.db.sessionmaker() as session:
             row = (
                 await session.execute(
-                    select(Message, Conversation.contact_id, ChannelIdentity.kind, ChannelIdentity.address)
+                    select(
+                        Message,
+                        Conversation.contact_id,
+                        Conversation.thread_key,
+                        ChannelIdentity.kind,
+                        ChannelIdentity.address,
+                    )
                     .join(Conversation, Conversation.id == Message.conversation_id)
                     .join(ChannelIdentity, ChannelIdentity.id == Conversation.identity_id)
                     .where(Message.id == message_id, Message.tenant_id == event.tenant_id)
@@ -104,6 +110,7 @@ class OutboundDelivery:
             attachments=tuple(Attachment(a["url"], a.get("content_type")) for a in message.attachments),
             status_callback_url=f"{base}/webhooks/{message.inbox_id}/status" if base else None,
             buttons=buttons,
+            thread_key=row.thread_key,
             template=None
             if stored_template is None
             else Template(

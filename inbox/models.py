@@ -65,13 +65,22 @@ class Conversation(Base):
     __tablename__ = "conversations"
     __table_args__ = (
         # At most one unresolved conversation per contact and inbox; concurrent webhooks race here.
+        # Threaded channels (Slack) have a conversation per thread instead.
         Index(
             "uq_conversations_active_contact",
             "inbox_id",
             "contact_id",
             unique=True,
-            postgresql_where=text("status <> 'resolved'"),
-            sqlite_where=text("status <> 'resolved'"),
+            postgresql_where=text("status <> 'resolved' AND thread_key IS NULL"),
+            sqlite_where=text("status <> 'resolved' AND thread_key IS NULL"),
+        ),
+        Index(
+            "uq_conversations_thread",
+            "inbox_id",
+            "thread_key",
+            unique=True,
+            postgresql_where=text("thread_key IS NOT NULL"),
+            sqlite_where=text("thread_key IS NOT NULL"),
         ),
         Index("ix_conversations_tenant_id_status_id", "tenant_id", "status", "id"),
         Index("ix_conversations_tenant_id_assignee_id", "tenant_id", "assignee_id"),
@@ -83,6 +92,8 @@ class Conversation(Base):
     contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"), index=True)
     # The address the customer wrote from; replies go back to it.
     identity_id: Mapped[int] = mapped_column(ForeignKey("channel_identities.id", ondelete="CASCADE"))
+    # The channel's thread this conversation is (a Slack thread root), or None.
+    thread_key: Mapped[str | None] = mapped_column(String(400))
     status: Mapped[str] = mapped_column(String(20), default=ConversationStatus.OPEN)
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     last_message_at: Mapped[datetime | None]

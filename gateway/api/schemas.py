@@ -393,6 +393,8 @@ class ConversationOut(ResponseBody):
     status: ConversationStatus
     assignee_id: int | None
     last_message_at: datetime | None
+    last_inbound_at: datetime | None = Field(description="When the customer last wrote (WhatsApp's window).")
+    thread_key: str | None = Field(description="The channel's thread (Slack), when the conversation is one.")
     created_at: datetime
     updated_at: datetime
     resolved_at: datetime | None

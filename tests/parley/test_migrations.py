@@ -21,7 +21,7 @@ async def test_migrations_match_the_models(db: Database) -> None:
 
 async def test_upgrade_is_idempotent_and_records_the_head(db: Database) -> None:
     await upgrade(db.engine)  # a second run (serve migrates at every start) changes nothing
-    assert await current_revision(db.engine) == "0002"
+    assert await current_revision(db.engine) == "0003"
 
     def tables(connection: Connection) -> set[str]:
         return set(inspect(connection).get_table_names())
