@@ -25,7 +25,9 @@ def upgrade() -> None:
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("thread_key", sa.String(length=400), nullable=True))
         batch_op.drop_index(
-            "uq_conversations_active_contact", postgresql_where=sa.text(_ACTIVE), sqlite_where=sa.text(_ACTIVE)
+            "uq_conversations_active_contact",
+            postgresql_where=sa.text(_ACTIVE),
+            sqlite_where=sa.text(_ACTIVE),
         )
         batch_op.create_index(
             "uq_conversations_active_contact",
