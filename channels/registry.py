@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from channels.base import Channel
+from channels.slack import Slack
 from channels.telegram import Telegram
 from channels.twilio_sms import TwilioSms
 from channels.twilio_whatsapp import TwilioWhatsApp
 from channels.whatsapp_cloud import WhatsAppCloud
 
-CHANNELS: dict[str, type[Channel]] = {c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud)}
+CHANNELS: dict[str, type[Channel]] = {
+    c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud, Slack)
+}
 
 
 def channel_class(name: str) -> type[Channel]:

@@ -55,14 +55,16 @@ async def _get(call: ApiRequest, conversation_id: int) -> Conversation:
 async def _set_status(call: ApiRequest, conversation: Conversation, status: ConversationStatus) -> Changes:
     """Move the conversation to `status`, keeping `resolved_at` in step; 409 if reopening would make two."""
     old = conversation.status
-    if old == ConversationStatus.RESOLVED:
-        # Only one unresolved conversation per contact and inbox (a unique partial index says so too).
+    if old == ConversationStatus.RESOLVED and conversation.thread_key is None:
+        # Only one unresolved conversation per contact and inbox (a unique partial index says so too);
+        # threaded conversations (a Slack thread each) are exempt, like the index.
         other = (
             await call.session.execute(
                 select(Conversation.id).where(
                     Conversation.inbox_id == conversation.inbox_id,
                     Conversation.contact_id == conversation.contact_id,
                     Conversation.status != ConversationStatus.RESOLVED,
+                    Conversation.thread_key.is_(None),
                     Conversation.id != conversation.id,
                 )
             )
@@ -74,6 +76,7 @@ async def _set_status(call: ApiRequest, conversation: Conversation, status: Conv
                 f"The contact already has conversation {other} open in this inbox; "
                 "resolve it before reopening this one, or continue there.",
             )
+    if old == ConversationStatus.RESOLVED:
         conversation.resolved_at = None
     if status == ConversationStatus.RESOLVED:
         conversation.resolved_at = utcnow()
