@@ -7,7 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from channels.base import ConfigurationError
+from channels.base import ConfigurationError, MalformedPayload
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -51,4 +51,38 @@ def required_str(settings: Mapping[str, Any], key: str) -> str:
     value = optional_str(settings, key)
     if not value:
         raise ConfigurationError(f"{key} is required")
+    return value
+
+
+# Reading JSON payloads leaf by leaf: every failure names where in the payload it is.
+
+
+def json_object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedPayload(f"{where} is not an object")
+    return value
+
+
+def json_optional_object(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+    value = obj.get(key)
+    return None if value is None else json_object(value, f"{where}.{key}")
+
+
+def json_objects(
+    obj: Mapping[str, Any], key: str, where: str, *, required: bool = False
+) -> list[Mapping[str, Any]]:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise MalformedPayload(f"{where} has no {key}")
+        return []
+    if not isinstance(value, list):
+        raise MalformedPayload(f"{where}.{key} is not a list")
+    return [json_object(item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
+
+
+def json_str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise MalformedPayload(f"{where}.{key} is missing or not a string")
     return value

@@ -51,7 +51,15 @@ from channels.base import (
     WebhookReply,
     WebhookRequest,
 )
-from channels.common import header, optional_str, retry_after_seconds
+from channels.common import (
+    header,
+    json_object,
+    json_objects,
+    json_optional_object,
+    json_str,
+    optional_str,
+    retry_after_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -324,9 +332,9 @@ class Slack(Channel):
 
     def _parse_events(self, body: bytes, headers: Mapping[str, str]) -> InboundMessage | None:
         envelope = _json_object(body, "the Events API body")
-        kind = _str(envelope, "type", "the envelope")
+        kind = json_str(envelope, "type", "the envelope")
         if kind == "url_verification":
-            _str(envelope, "challenge", "url_verification")  # answered by `acknowledge`
+            json_str(envelope, "challenge", "url_verification")  # answered by `acknowledge`
             return None
         if kind == "app_rate_limited":
             logger.warning(
@@ -340,14 +348,14 @@ class Slack(Channel):
 
         context = _EventContext(
             team_id=_id(envelope, "team_id", "the envelope"),
-            event_id=_str(envelope, "event_id", "the envelope"),
+            event_id=json_str(envelope, "event_id", "the envelope"),
             event_time=_int(envelope, "event_time", "the envelope"),
             app_id=_optional_str(envelope, "api_app_id", "the envelope"),
             bot_user_ids=_bot_user_ids(envelope),
             retry=_retry_extra(headers),
         )
-        event = _object(envelope.get("event"), "event")
-        event_type = _str(event, "type", "event")
+        event = json_object(envelope.get("event"), "event")
+        event_type = json_str(event, "type", "event")
         if self.team_id is not None and context.team_id != self.team_id:
             logger.info(
                 "Slack event %s from team %s ignored by the inbox of team %s",
@@ -368,12 +376,12 @@ class Slack(Channel):
         if not raw:
             raise MalformedPayload("the interactivity body has no payload field")
         payload = _json_object(raw, "the interactivity payload")
-        kind = _str(payload, "type", "payload")
+        kind = json_str(payload, "type", "payload")
         parser = _INTERACTION_PARSERS.get(kind)
         if parser is None:
             logger.info("Slack interaction %r acknowledged and not handled", kind)
             return None
-        team_id = _id(_object(payload.get("team"), "payload.team"), "id", "payload.team")
+        team_id = _id(json_object(payload.get("team"), "payload.team"), "id", "payload.team")
         if self.team_id is not None and team_id != self.team_id:
             logger.info("Slack %s from team %s ignored by the inbox of team %s", kind, team_id, self.team_id)
             return None
@@ -471,14 +479,14 @@ _EVENT_PARSERS: Mapping[str, EventParser] = {"message": _parse_message}
 
 def _parse_block_actions(team_id: str, payload: Mapping[str, Any]) -> InboundMessage | None:
     """A click on a button Parley sent: a button reply in the thread of the message it was on."""
-    user = _object(payload.get("user"), "payload.user")
+    user = json_object(payload.get("user"), "payload.user")
     user_id = _id(user, "id", "payload.user")
-    actions = _objects(payload, "actions", "payload")
+    actions = json_objects(payload, "actions", "payload")
     button = next((a for a in actions if a.get("type") == "button"), None)
     if button is None:
         logger.info("Slack block_actions without a button (a menu or picker), ignored")
         return None
-    action_id = _str(button, "action_id", "payload.actions[]")
+    action_id = json_str(button, "action_id", "payload.actions[]")
     reply_id = _optional_str(button, "value", "payload.actions[]") or action_id
     title = _plain_text(button.get("text")) or reply_id
 
@@ -487,11 +495,11 @@ def _parse_block_actions(team_id: str, payload: Mapping[str, Any]) -> InboundMes
     if trigger_id is None and action_ts is None:
         raise MalformedPayload("Slack block_actions without a trigger_id or action_ts")
 
-    container = _optional_object(payload, "container", "payload") or {}
-    message = _optional_object(payload, "message", "payload") or {}
+    container = json_optional_object(payload, "container", "payload") or {}
+    message = json_optional_object(payload, "message", "payload") or {}
     channel = _optional_id(container, "channel_id", "payload.container")
     if channel is None:
-        channel_object = _optional_object(payload, "channel", "payload") or {}
+        channel_object = json_optional_object(payload, "channel", "payload") or {}
         channel = _optional_id(channel_object, "id", "payload.channel")
     ts = _optional_ts(message, "ts", "payload.message") or _optional_ts(
         container, "message_ts", "payload.container"
@@ -553,7 +561,7 @@ def _files(event: Mapping[str, Any]) -> tuple[tuple[Attachment, ...], list[dict[
     """Shared files as attachments (their `url_private` needs the bot token) and their permalinks."""
     attachments: list[Attachment] = []
     described: list[dict[str, str]] = []
-    for i, file in enumerate(_objects(event, "files", "event")):
+    for i, file in enumerate(json_objects(event, "files", "event")):
         where = f"event.files[{i}]"
         url = _optional_str(file, "url_private", where)
         name = _optional_str(file, "name", where) or _optional_str(file, "title", where)
@@ -751,34 +759,7 @@ def _json_object(data: str | bytes, what: str) -> Mapping[str, Any]:
         value = json.loads(data)
     except (UnicodeDecodeError, ValueError) as e:
         raise MalformedPayload(f"{what} is not JSON: {e}") from None
-    return _object(value, what)
-
-
-def _object(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise MalformedPayload(f"{where} is not an object")
-    return value
-
-
-def _optional_object(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
-    value = obj.get(key)
-    return None if value is None else _object(value, f"{where}.{key}")
-
-
-def _objects(obj: Mapping[str, Any], key: str, where: str) -> list[Mapping[str, Any]]:
-    value = obj.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise MalformedPayload(f"{where}.{key} is not a list")
-    return [_object(item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
-
-
-def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise MalformedPayload(f"{where}.{key} is missing or not a string")
-    return value
+    return json_object(value, what)
 
 
 def _optional_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
@@ -798,7 +779,7 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
 
 
 def _id(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = _str(obj, key, where)
+    value = json_str(obj, key, where)
     if not _SLACK_ID.fullmatch(value):
         raise MalformedPayload(f"{where}.{key} is not a Slack id: {value[:50]!r}")
     return value
@@ -809,7 +790,7 @@ def _optional_id(obj: Mapping[str, Any], key: str, where: str) -> str | None:
 
 
 def _ts(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = _str(obj, key, where)
+    value = json_str(obj, key, where)
     if not _TS.fullmatch(value):
         raise MalformedPayload(f"{where}.{key} is not a Slack timestamp: {value[:50]!r}")
     return value

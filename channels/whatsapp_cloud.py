@@ -54,7 +54,15 @@ from channels.base import (
     WebhookReply,
     WebhookRequest,
 )
-from channels.common import header, optional_str, retry_after_seconds
+from channels.common import (
+    header,
+    json_object,
+    json_objects,
+    json_optional_object,
+    json_str,
+    optional_str,
+    retry_after_seconds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -243,23 +251,23 @@ class WhatsAppCloud(Channel):
             payload = json.loads(request.body)
         except (UnicodeDecodeError, ValueError) as e:
             raise MalformedPayload(f"the body is not JSON: {e}") from None
-        payload = _object(payload, "the body")
+        payload = json_object(payload, "the body")
         if payload.get("object") != "whatsapp_business_account":
             raise MalformedPayload(
                 f"object is {payload.get('object')!r}, not a WhatsApp Business Account webhook"
             )
         events: list[InboundEvent] = []
-        for i, entry in enumerate(_objects(payload, "entry", "the body", required=True)):
-            for j, change in enumerate(_objects(entry, "changes", f"entry[{i}]", required=True)):
+        for i, entry in enumerate(json_objects(payload, "entry", "the body", required=True)):
+            for j, change in enumerate(json_objects(entry, "changes", f"entry[{i}]", required=True)):
                 where = f"entry[{i}].changes[{j}]"
-                kind = _str(change, "field", where)
+                kind = json_str(change, "field", where)
                 parser = _CHANGE_PARSERS.get(kind)
                 if parser is None:
                     logger.info("WhatsApp webhook field %r acknowledged and not handled", kind)
                     continue
-                value = _object(change.get("value"), f"{where}.value")
-                metadata = _object(value.get("metadata"), f"{where}.value.metadata")
-                phone_number_id = _str(metadata, "phone_number_id", f"{where}.value.metadata")
+                value = json_object(change.get("value"), f"{where}.value")
+                metadata = json_object(value.get("metadata"), f"{where}.value.metadata")
+                phone_number_id = json_str(metadata, "phone_number_id", f"{where}.value.metadata")
                 if phone_number_id != self.phone_number_id:
                     logger.debug(
                         "WhatsApp webhook for phone number %s ignored by the inbox of %s",
@@ -378,7 +386,7 @@ class _Content:
 
 def _parse_messages_change(value: Mapping[str, Any], where: str, media_url: MediaUrl) -> list[InboundEvent]:
     """A `messages` change: customers' messages and statuses of ours, in the order Meta lists them."""
-    metadata = _object(value.get("metadata"), f"{where}.metadata")
+    metadata = json_object(value.get("metadata"), f"{where}.metadata")
     display_number = _optional_str(metadata, "display_phone_number", f"{where}.metadata")
     business = (
         Address("phone", phone_from_wa_id(display_number))
@@ -386,9 +394,9 @@ def _parse_messages_change(value: Mapping[str, Any], where: str, media_url: Medi
         else None
     )
     names: dict[str, str] = {}
-    profiles = _objects(value, "contacts", where)
+    profiles = json_objects(value, "contacts", where)
     for i, contact in enumerate(profiles):
-        profile = _optional_object(contact, "profile", f"{where}.contacts[{i}]") or {}
+        profile = json_optional_object(contact, "profile", f"{where}.contacts[{i}]") or {}
         name = _optional_str(profile, "name", f"{where}.contacts[{i}].profile")
         for key in ("wa_id", "user_id"):
             identifier = _optional_str(contact, key, f"{where}.contacts[{i}]")
@@ -396,13 +404,13 @@ def _parse_messages_change(value: Mapping[str, Any], where: str, media_url: Medi
                 names[identifier] = name
 
     events: list[InboundEvent] = []
-    for i, message in enumerate(_objects(value, "messages", where)):
+    for i, message in enumerate(json_objects(value, "messages", where)):
         events.append(_parse_message(message, f"{where}.messages[{i}]", business, names, profiles, media_url))
-    for i, status in enumerate(_objects(value, "statuses", where)):
+    for i, status in enumerate(json_objects(value, "statuses", where)):
         parsed = _parse_status(status, f"{where}.statuses[{i}]")
         if parsed is not None:
             events.append(parsed)
-    for error in _objects(value, "errors", where):
+    for error in json_objects(value, "errors", where):
         logger.warning("WhatsApp reported an error for the phone number: %s", _describe_error(error))
     return events
 
@@ -415,9 +423,9 @@ def _parse_message(
     profiles: Sequence[Mapping[str, Any]],
     media_url: MediaUrl,
 ) -> InboundMessage:
-    wamid = _str(message, "id", where)
+    wamid = json_str(message, "id", where)
     sender, sender_key = _sender(message, where, profiles)
-    kind = _str(message, "type", where)
+    kind = json_str(message, "type", where)
     parser = _CONTENT_PARSERS.get(kind, _unsupported)
     content = parser(message, kind, where, media_url)
 
@@ -480,7 +488,7 @@ def phone_from_wa_id(wa_id: str) -> str:
 
 
 def _text_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
-    text = _object(message.get("text"), f"{where}.text")
+    text = json_object(message.get("text"), f"{where}.text")
     body = text.get("body")
     if not isinstance(body, str):
         raise MalformedPayload(f"{where}.text.body is not a string")
@@ -489,8 +497,8 @@ def _text_content(message: Mapping[str, Any], kind: str, where: str, media_url: 
 
 def _media_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
     """Image, video, audio, document or sticker: the attachment points at its Graph media endpoint."""
-    media = _object(message.get(kind), f"{where}.{kind}")
-    media_id = _str(media, "id", f"{where}.{kind}")
+    media = json_object(message.get(kind), f"{where}.{kind}")
+    media_id = json_str(media, "id", f"{where}.{kind}")
     if not _MEDIA_ID.fullmatch(media_id):
         raise MalformedPayload(f"{where}.{kind}.id is not a media id: {media_id!r}")
     caption = _optional_str(media, "caption", f"{where}.{kind}")
@@ -507,7 +515,7 @@ def _media_content(message: Mapping[str, Any], kind: str, where: str, media_url:
 
 
 def _location_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
-    raw = _object(message.get("location"), f"{where}.location")
+    raw = json_object(message.get("location"), f"{where}.location")
     latitude = _coordinate(raw, "latitude", f"{where}.location", 90)
     longitude = _coordinate(raw, "longitude", f"{where}.location", 180)
     name = _optional_str(raw, "name", f"{where}.location")
@@ -524,9 +532,9 @@ def _location_content(message: Mapping[str, Any], kind: str, where: str, media_u
 
 def _contacts_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
     shared: list[SharedContact] = []
-    for i, card in enumerate(_objects(message, "contacts", where, required=True)):
+    for i, card in enumerate(json_objects(message, "contacts", where, required=True)):
         here = f"{where}.contacts[{i}]"
-        name_object = _optional_object(card, "name", here) or {}
+        name_object = json_optional_object(card, "name", here) or {}
         name = _optional_str(name_object, "formatted_name", f"{here}.name") or " ".join(
             part
             for part in (
@@ -536,7 +544,7 @@ def _contacts_content(message: Mapping[str, Any], kind: str, where: str, media_u
             if part
         )
         phones: list[str] = []
-        for j, phone in enumerate(_objects(card, "phones", here)):
+        for j, phone in enumerate(json_objects(card, "phones", here)):
             wa_id = _optional_str(phone, "wa_id", f"{here}.phones[{j}]")
             number = _optional_str(phone, "phone", f"{here}.phones[{j}]")
             if wa_id and wa_id.isascii() and wa_id.isdigit():
@@ -545,7 +553,7 @@ def _contacts_content(message: Mapping[str, Any], kind: str, where: str, media_u
                 phones.append(number)
         emails = tuple(
             address
-            for j, item in enumerate(_objects(card, "emails", here))
+            for j, item in enumerate(json_objects(card, "emails", here))
             if (address := _optional_str(item, "email", f"{here}.emails[{j}]"))
         )
         name = name or (phones[0] if phones else "Unnamed contact")
@@ -561,17 +569,17 @@ def _contact_label(contact: SharedContact) -> str:
 
 def _interactive_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
     """The customer pressed a reply button or picked a list row from a message we sent."""
-    interactive = _object(message.get("interactive"), f"{where}.interactive")
-    reply_kind = _str(interactive, "type", f"{where}.interactive")
+    interactive = json_object(message.get("interactive"), f"{where}.interactive")
+    reply_kind = json_str(interactive, "type", f"{where}.interactive")
     if reply_kind not in ("button_reply", "list_reply"):
         return _Content(
             text=f"[unsupported interactive reply: {reply_kind}]",
             extra={"interactive_type": reply_kind, "interactive": dict(interactive)},
         )
-    reply = _object(interactive.get(reply_kind), f"{where}.interactive.{reply_kind}")
+    reply = json_object(interactive.get(reply_kind), f"{where}.interactive.{reply_kind}")
     button = ButtonReply(
-        id=_str(reply, "id", f"{where}.interactive.{reply_kind}"),
-        title=_str(reply, "title", f"{where}.interactive.{reply_kind}"),
+        id=json_str(reply, "id", f"{where}.interactive.{reply_kind}"),
+        title=json_str(reply, "title", f"{where}.interactive.{reply_kind}"),
     )
     extra: dict[str, Any] = {"interactive_type": reply_kind}
     description = _optional_str(reply, "description", f"{where}.interactive.{reply_kind}")
@@ -582,14 +590,14 @@ def _interactive_content(message: Mapping[str, Any], kind: str, where: str, medi
 
 def _button_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
     """A quick-reply button of a template we sent: its payload is what the template defined."""
-    raw = _object(message.get("button"), f"{where}.button")
-    title = _str(raw, "text", f"{where}.button")
+    raw = json_object(message.get("button"), f"{where}.button")
+    title = json_str(raw, "text", f"{where}.button")
     payload = _optional_str(raw, "payload", f"{where}.button") or title
     return _Content(text=title, button_reply=ButtonReply(id=payload, title=title))
 
 
 def _reaction_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
-    raw = _object(message.get("reaction"), f"{where}.reaction")
+    raw = json_object(message.get("reaction"), f"{where}.reaction")
     emoji = _optional_str(raw, "emoji", f"{where}.reaction")
     reacted_to = _optional_str(raw, "message_id", f"{where}.reaction")
     return _Content(
@@ -600,7 +608,7 @@ def _reaction_content(message: Mapping[str, Any], kind: str, where: str, media_u
 
 def _system_content(message: Mapping[str, Any], kind: str, where: str, media_url: MediaUrl) -> _Content:
     """WhatsApp's own notice, e.g. that the customer changed their number."""
-    raw = _object(message.get("system"), f"{where}.system")
+    raw = json_object(message.get("system"), f"{where}.system")
     body = _optional_str(raw, "body", f"{where}.system")
     return _Content(text=body or "[WhatsApp system message]", extra={"system": dict(raw)})
 
@@ -634,15 +642,15 @@ HANDLED_MESSAGE_TYPES = frozenset(_CONTENT_PARSERS)
 
 
 def _parse_status(status: Mapping[str, Any], where: str) -> DeliveryStatus | None:
-    wamid = _str(status, "id", where)
-    raw = _str(status, "status", where)
+    wamid = json_str(status, "id", where)
+    raw = json_str(status, "status", where)
     state = _STATUSES.get(raw)
     if state is None:
         # "deleted", "warning" and whatever Meta adds: nothing a sent message's status can become.
         logger.info("WhatsApp status %r for %s acknowledged and not handled", raw, wamid)
         return None
     error_code = error_message = None
-    errors = _objects(status, "errors", where)
+    errors = json_objects(status, "errors", where)
     if errors:
         error_code, error_message = _error_fields(errors[0], f"{where}.errors[0]")
     elif state == "failed":
@@ -887,12 +895,6 @@ def _too_large(media_id: str, size: int) -> PermanentDeliveryError:
 # --- reading untrusted JSON ---------------------------------------------------------------------
 
 
-def _object(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise MalformedPayload(f"{where} is not an object")
-    return value
-
-
 def _object_or_none(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, dict) else None
 
@@ -901,31 +903,6 @@ def _first(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     """The first object of a list in a Graph answer, or an empty one."""
     value = obj.get(key)
     return value[0] if isinstance(value, list) and value and isinstance(value[0], dict) else {}
-
-
-def _optional_object(obj: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
-    value = obj.get(key)
-    return None if value is None else _object(value, f"{where}.{key}")
-
-
-def _objects(
-    obj: Mapping[str, Any], key: str, where: str, *, required: bool = False
-) -> list[Mapping[str, Any]]:
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise MalformedPayload(f"{where} has no {key}")
-        return []
-    if not isinstance(value, list):
-        raise MalformedPayload(f"{where}.{key} is not a list")
-    return [_object(item, f"{where}.{key}[{i}]") for i, item in enumerate(value)]
-
-
-def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str) or not value:
-        raise MalformedPayload(f"{where}.{key} is missing or not a string")
-    return value
 
 
 def _optional_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
