@@ -172,6 +172,9 @@ class Capabilities:
     media: bool = False
     buttons: bool = False
     max_text_length: int | None = None
+    # Hard limits of the channel's buttons, checked by the API before anything is queued.
+    max_text_with_buttons: int | None = None
+    max_button_id_bytes: int | None = None
     templates: bool = False
     # WhatsApp's customer-service window: free-form replies only this long after the customer's
     # last message; outside it, only templates.

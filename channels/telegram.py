@@ -100,7 +100,9 @@ class Telegram(Channel):
     name = "telegram"
     identity_kind = "telegram"
     consent_channel = "telegram"
-    capabilities = Capabilities(media=True, buttons=True, max_text_length=4096)
+    capabilities = Capabilities(
+        media=True, buttons=True, max_text_length=4096, max_button_id_bytes=MAX_CALLBACK_DATA_BYTES
+    )
 
     def __init__(
         self,

@@ -146,6 +146,7 @@ class WhatsAppCloud(Channel):
         templates=True,
         reply_window=timedelta(hours=24),
         max_text_length=MAX_TEXT_LENGTH,
+        max_text_with_buttons=MAX_INTERACTIVE_BODY_LENGTH,
     )
 
     def __init__(

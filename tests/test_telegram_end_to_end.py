@@ -291,3 +291,21 @@ async def test_a_blocked_bot_marks_the_reply_failed_with_the_reason(gateway: Gat
 async def test_telegram_webhooks_have_no_get_handshake(gateway: Gateway) -> None:
     async with aiohttp.ClientSession() as session, session.get(gateway.webhook_url) as response:
         assert response.status == 405
+
+
+async def test_a_button_id_telegram_cannot_carry_is_refused_by_the_api(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("message__text"))).status == 200
+    async with gateway.db.sessionmaker() as session:
+        conversation_id = (await session.execute(select(Conversation.id))).scalar_one()
+    path = f"/api/v1/conversations/{conversation_id}/messages"
+    too_long = {
+        "body": "Pick one",
+        "buttons": [{"id": "é" * 33, "title": "Track"}],
+    }  # 66 bytes of callback data
+    async with gateway.client.post(path, json=too_long, headers=gateway.tenant.headers) as response:
+        answer = await response.json()
+    assert (response.status, answer["error"]["code"]) == (422, "button_id_too_long")
+    assert await gateway.count(Message) == 1  # the customer's message only: nothing was queued
+    fits = {"body": "Pick one", "buttons": [{"id": "é" * 32, "title": "Track"}]}
+    async with gateway.client.post(path, json=fits, headers=gateway.tenant.headers) as response:
+        assert response.status == 201

@@ -440,3 +440,15 @@ async def test_a_status_for_a_message_parley_never_sent_is_acknowledged(gateway:
     assert await gateway.count(Message) == 0
     payload = fixture_payload("status__read")
     assert (await gateway.post(payload))[0] == 200
+
+
+async def test_text_too_long_to_go_with_buttons_is_refused_by_the_api(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("message__text")))[0] == 200
+    path = f"/conversations/{await gateway.conversation_id()}/messages"
+    long_text = "x" * 1100  # WhatsApp allows 1024 characters in an interactive message's body
+    status, answer = await gateway.api(
+        "POST", path, {"body": long_text, "buttons": [{"id": "a", "title": "A"}]}
+    )
+    assert (status, answer["error"]["code"]) == (422, "message_too_long")
+    status, _ = await gateway.api("POST", path, {"body": long_text})  # without buttons it is a text message
+    assert status == 201

@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from channels.base import Attachment, Button, Template
+from channels.base import Attachment, Button, Capabilities, Template
 from channels.registry import channel_class
 from crm_core.consent import has_opted_out
 from crm_core.models import Contact
@@ -193,6 +193,27 @@ async def list_messages(call: ApiRequest, *, conversation_id: int, query: Messag
     return MessageList(data=[MessageOut.model_validate(m) for m in rows], next_cursor=next_cursor)
 
 
+def _check_buttons(channel_name: str, capabilities: Capabilities, body: MessageCreate) -> None:
+    """Refuse buttons the channel could never carry, rather than fail the message at send time."""
+    if not body.buttons:
+        return
+    limit = capabilities.max_text_with_buttons
+    if limit is not None and len(body.body) > limit:
+        raise ApiError(
+            422,
+            "message_too_long",
+            f"body: {channel_name} carries at most {limit} characters with buttons ({len(body.body)} given).",
+        )
+    id_limit = capabilities.max_button_id_bytes
+    for i, button in enumerate(body.buttons):
+        if id_limit is not None and len(button.id.encode()) > id_limit:
+            raise ApiError(
+                422,
+                "button_id_too_long",
+                f"buttons.{i}.id: {channel_name} carries button ids of at most {id_limit} bytes.",
+            )
+
+
 @routes.post("/conversations/{conversation_id}/messages", allow=Permission.SEND_MESSAGES, errors=[409])
 async def send_message(call: ApiRequest, *, conversation_id: int, body: MessageCreate) -> MessageOut:
     """Reply in a conversation: the message is queued and sent by the dispatcher.
@@ -219,6 +240,7 @@ async def send_message(call: ApiRequest, *, conversation_id: int, body: MessageC
             "message_too_long",
             f"body: {channel_name} carries at most {limit} characters ({len(body.body)} given).",
         )
+    _check_buttons(channel_name, channel.capabilities, body)
     window = channel.capabilities.reply_window
     if body.template is not None and not channel.capabilities.templates:
         raise ApiError(422, "templates_unsupported", f"template: {channel_name} has no message templates.")
