@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeGuard, cast
 
+import asyncpg
 from sqlalchemy import Table, and_, bindparam, insert, literal, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from channels.base import ButtonReply, DeliveryStatus, InboundEvent, InboundMessage
@@ -217,23 +219,59 @@ async def _ingest_in_one_statement(
         "attachments": json.dumps(_attachments(event)),
         "extra": json.dumps(_message_extra(event)),
     }
-    async with db.autocommit_engine.connect() as conn:
+    async with db.engine.connect() as conn:
+        # The driver's own connection: outside a transaction asyncpg autocommits each statement,
+        # and it skips SQLAlchemy's adaptation layer, the largest CPU cost left on this path.
+        pg = (await conn.get_raw_connection()).driver_connection
+        assert pg is not None
         try:
-            row = (await conn.execute(_RETURNING_SENDER, params)).one()
-            if row.duplicate_id is None and row.message_id is None:
+            row = await pg.fetchrow(_RETURNING_SENDER_SQL, *_RETURNING_SENDER_ARGS(params))
+            if row["duplicate_id"] is None and row["message_id"] is None:
                 contact = {
                     "name": event.sender_name,
                     "phone": event.sender.value if event.sender.kind == "phone" else None,
                     "email": event.sender.value if event.sender.kind == "email" else None,
                 }
-                row = (await conn.execute(_NEW_SENDER, params | contact)).one()
-        except IntegrityError:  # known sender without an open conversation, or a concurrent delivery
-            return None
-    if row.duplicate_id is not None:
+                row = await pg.fetchrow(_NEW_SENDER_SQL, *_NEW_SENDER_ARGS(params | contact))
+        except asyncpg.IntegrityConstraintViolationError:
+            return None  # known sender without an open conversation, or a concurrent delivery
+        except _BROKEN_CONNECTION as e:  # the connection itself broke: never hand it out again
+            await conn.invalidate()
+            raise OperationalError("one-statement ingest", None, e) from e
+        except asyncpg.PostgresError as e:  # a failed statement: the same 503 (provider retries)
+            raise OperationalError("one-statement ingest", None, e) from e
+    if row["duplicate_id"] is not None:
         return IngestResult(duplicates=1)
-    if row.message_id is not None:
-        return IngestResult(stored=[row.message_id])
+    if row["message_id"] is not None:
+        return IngestResult(stored=[row["message_id"]])
     return None
+
+
+# What asyncpg raises when the connection, not the statement, is at fault: closed by the server,
+# or left mid-operation by an interrupted call ("another operation is in progress").
+_BROKEN_CONNECTION = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def _positional(statement: str) -> tuple[str, Callable[[Mapping[str, Any]], list[Any]]]:
+    """asyncpg's $1, $2… for a statement written with :names, and the arguments in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    sql = re.sub(r"(?<!:):([a-z_]+)", number, statement)
+    return sql, lambda params: [params[name] for name in names]
+
+
+_RETURNING_SENDER_SQL, _RETURNING_SENDER_ARGS = _positional(_RETURNING_SENDER.text)
+_NEW_SENDER_SQL, _NEW_SENDER_ARGS = _positional(_NEW_SENDER.text)
 
 
 # Built once: constructing statements per request cost more than running them (bench/ingest.py).

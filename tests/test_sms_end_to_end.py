@@ -424,3 +424,27 @@ async def test_sms_webhooks_have_no_get_handshake(gateway: Gateway) -> None:
     url = f"{gateway.webhook_url}?hub.challenge=1"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         assert response.status == 405
+
+
+async def test_the_gateway_recovers_when_postgresql_drops_its_connections(gateway: Gateway) -> None:
+    if gateway.db.is_sqlite:
+        pytest.skip("server-side connection loss is a PostgreSQL matter; SQLite has no server")
+    assert (await gateway.post(inbound_sms(sid="SM" + "1" * 32)))[0] == 200  # pooled connections exist now
+    async with gateway.db.engine.connect() as conn:  # as a restart or an idle timeout would
+        terminated = len(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            ).all()
+        )
+    statuses = [(await gateway.post(inbound_sms(sid=f"SM{n:032d}")))[0] for n in range(2, 40)]
+    assert set(statuses) <= {200, 503}  # a dead connection costs the provider a retry, never a 500
+    assert statuses.count(503) <= terminated  # each dead connection fails once and is never reused
+    assert statuses[-5:] == [200] * 5
+    async with gateway.db.sessionmaker() as session:
+        stored = (await session.execute(select(func.count()).select_from(Message))).scalar_one()
+    assert stored == 1 + statuses.count(200)
