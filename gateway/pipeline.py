@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeGuard, cast
 
 import asyncpg
-from sqlalchemy import Table, and_, bindparam, insert, literal, select, text, update
+from sqlalchemy import Table, and_, bindparam, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -120,8 +120,7 @@ def _received(message_id: int, conversation_id: int, inbox_id: int, contact_id: 
 # ingest cost (bench/ingest.py). It stores nothing, and `ingest` takes the general path, when the
 # sender or the conversation is new, the message is a duplicate, or anything races it.
 # tests/test_pipeline_paths.py keeps the two paths writing the same rows.
-_RETURNING_SENDER = text(
-    """
+_RETURNING_SENDER = """
 WITH found AS (
     SELECT
         (SELECT m.id FROM messages m WHERE m.inbox_id = :inbox_id AND m.provider_message_id = :pmid)
@@ -156,14 +155,12 @@ WITH found AS (
 )
 SELECT (SELECT duplicate_id FROM found) AS duplicate_id, (SELECT id FROM message) AS message_id
 """
-)
 
 
 # The other common case, a sender never seen before: contact, identity, conversation, message and
 # their three events in one statement. A sender who is known after all, or a duplicate message,
 # violates a unique key and aborts the whole statement, and `ingest` takes the general path.
-_NEW_SENDER = text(
-    """
+_NEW_SENDER = """
 WITH contact AS (
     INSERT INTO contacts (tenant_id, name, email, phone, attributes, created_at, updated_at)
     VALUES (:tenant_id, :name, :email, :phone, CAST('{}' AS jsonb), :now, :now)
@@ -201,7 +198,6 @@ WITH contact AS (
 )
 SELECT NULL AS duplicate_id, id AS message_id FROM message
 """
-)
 
 
 async def _ingest_in_one_statement(
@@ -270,8 +266,8 @@ def _positional(statement: str) -> tuple[str, Callable[[Mapping[str, Any]], list
     return sql, lambda params: [params[name] for name in names]
 
 
-_RETURNING_SENDER_SQL, _RETURNING_SENDER_ARGS = _positional(_RETURNING_SENDER.text)
-_NEW_SENDER_SQL, _NEW_SENDER_ARGS = _positional(_NEW_SENDER.text)
+_RETURNING_SENDER_SQL, _RETURNING_SENDER_ARGS = _positional(_RETURNING_SENDER)
+_NEW_SENDER_SQL, _NEW_SENDER_ARGS = _positional(_NEW_SENDER)
 
 
 # Built once: constructing statements per request cost more than running them (bench/ingest.py).

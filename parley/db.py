@@ -76,8 +76,6 @@ class Database:
                 url, echo=echo, pool_size=pool_size, max_overflow=0, pool_recycle=1800, pool_timeout=30
             )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
-        # Same pool; for single statements that are atomic by themselves and need no BEGIN/COMMIT.
-        self.autocommit_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def dialect(self) -> str:
