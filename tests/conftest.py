@@ -7,12 +7,14 @@ the local binaries. Redis likewise: `PARLEY_TEST_REDIS_URL`, else pytest-redis s
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +23,10 @@ import pytest
 import pytest_asyncio
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 from pytest_redis import factories as redis_factories
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from inbox.models import Inbox
+from inbox.models import Inbox, Message
 from parley.auth import create_tenant_admin, issue_token
 from parley.crypto import SecretBox
 from parley.db import Database
@@ -191,3 +194,20 @@ def redis_url(request: pytest.FixtureRequest) -> str:
         return configured
     proc = request.getfixturevalue("redis_proc")
     return f"redis://{proc.host}:{proc.port}/0"
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
+    """Wait until `check()`, plain or awaitable, is true: dispatchers and fakes work in the background."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        outcome = check()
+        if await outcome if inspect.isawaitable(outcome) else outcome:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def message_row(db: Database, message_id: int) -> Message:
+    async with db.sessionmaker() as session:
+        return (await session.execute(select(Message).where(Message.id == message_id))).scalar_one()

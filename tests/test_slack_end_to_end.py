@@ -21,7 +21,7 @@ from inbox.models import Conversation, Message
 from parley.db import Database
 from parley.models import OutboxEvent
 from parley.settings import Settings
-from tests.conftest import TenantAccess, make_tenant
+from tests.conftest import TenantAccess, eventually, make_tenant
 from tests.fakes.slack_api import (
     CHANNEL_ID,
     OTHER_USER_ID,
@@ -161,14 +161,6 @@ async def gateway(
     assert inbox["secrets_set"] == ["bot_token", "signing_secret"]
     # What an admin pastes into the Slack app's Event Subscriptions as the Request URL.
     yield Gateway(client, db, tenant, int(inbox["id"]), fake_slack, inbox["webhook_url"])
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_slack_checking_the_request_url_gets_its_challenge_back(gateway: Gateway) -> None:

@@ -22,7 +22,7 @@ from inbox.service import queue_outbound
 from parley.db import Database
 from parley.models import OutboxEvent
 from parley.settings import Settings
-from tests.conftest import TenantAccess, make_tenant, make_twilio_inbox
+from tests.conftest import TenantAccess, eventually, make_tenant, make_twilio_inbox, message_row
 from tests.fakes.twilio_api import FakeTwilioApi, load_fixture, post_signed
 
 
@@ -68,14 +68,6 @@ async def gateway(
     yield Gateway(client, db, tenant, inbox_id, fake_twilio, f"http://127.0.0.1:{public_port}")
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 def inbound_sms(*, sid: str, body: str | None = None) -> list[tuple[str, str]]:
     """The documented inbound SMS with another MessageSid (and body)."""
     sids = ("MessageSid", "SmsSid", "SmsMessageSid")
@@ -83,11 +75,6 @@ def inbound_sms(*, sid: str, body: str | None = None) -> list[tuple[str, str]]:
         (k, sid if k in sids else body if k == "Body" and body is not None else v)
         for k, v in load_fixture("inbound__sms")
     ]
-
-
-async def message_row(db: Database, message_id: int) -> Message:
-    async with db.sessionmaker() as session:
-        return (await session.execute(select(Message).where(Message.id == message_id))).scalar_one()
 
 
 async def reply(gw: Gateway, body: str) -> int:

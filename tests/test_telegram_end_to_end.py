@@ -23,7 +23,7 @@ from inbox.service import queue_outbound
 from parley.db import Database
 from parley.models import OutboxEvent
 from parley.settings import Settings
-from tests.conftest import TenantAccess, make_tenant
+from tests.conftest import TenantAccess, eventually, make_tenant, message_row
 from tests.fakes.telegram_api import (
     DEFAULT_WEBHOOK_SECRET,
     USER_ID,
@@ -92,19 +92,6 @@ async def gateway(
         assert response.status == 201, inbox
     assert inbox["secrets_set"] == ["bot_token", "webhook_secret"]
     yield Gateway(client, db, tenant, int(inbox["id"]), fake_telegram, f"http://127.0.0.1:{public_port}")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def message_row(db: Database, message_id: int) -> Message:
-    async with db.sessionmaker() as session:
-        return (await session.execute(select(Message).where(Message.id == message_id))).scalar_one()
 
 
 async def reply(gw: Gateway, body: str, *, buttons: tuple[Button, ...] = ()) -> int:

@@ -22,7 +22,7 @@ from inbox.models import Conversation, Message
 from parley.db import Database, utcnow
 from parley.models import OutboxEvent
 from parley.settings import Settings
-from tests.conftest import TenantAccess, make_tenant, make_twilio_inbox
+from tests.conftest import TenantAccess, eventually, make_tenant, make_twilio_inbox, message_row
 from tests.fakes.twilio_api import FakeTwilioApi, post_signed
 from tests.fakes.twilio_api import load_fixture as load_twilio_fixture
 from tests.fakes.whatsapp_cloud_api import (
@@ -119,19 +119,6 @@ async def gateway(
     # What an admin pastes into Meta's webhook settings.
     fake.subscribe(inbox["webhook_url"])
     yield Gateway(client, db, tenant, int(inbox["id"]), fake, f"http://127.0.0.1:{public_port}")
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-async def message_row(db: Database, message_id: int) -> Message:
-    async with db.sessionmaker() as session:
-        return (await session.execute(select(Message).where(Message.id == message_id))).scalar_one()
 
 
 async def reply(gw: Gateway, body: dict[str, Any], *, until: str = "sent") -> Message:

@@ -3,7 +3,6 @@ signed webhooks in, replies out via the fake Twilio, and WhatsApp's 24-hour wind
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from gateway.app import create_app
 from inbox.models import Conversation, Message
 from parley.db import Database, utcnow
 from parley.settings import Settings
-from tests.conftest import TenantAccess, make_tenant
+from tests.conftest import TenantAccess, eventually, make_tenant
 from tests.fakes.twilio_api import FakeTwilioApi, load_fixture, post_signed
 
 WHATSAPP_NUMBER = "+14155238886"
@@ -131,14 +130,6 @@ async def hub(
     hub = Hub(client, db, tenant, fake_twilio, f"http://127.0.0.1:{public_port}", 0)
     hub.whatsapp_inbox = await hub.create_inbox("twilio_whatsapp", f"whatsapp:{WHATSAPP_NUMBER}")
     yield hub
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_the_inbox_stores_its_sender_without_the_prefix(hub: Hub) -> None:

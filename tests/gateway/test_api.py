@@ -24,7 +24,7 @@ from parley.crypto import SecretBox
 from parley.db import Database, utcnow
 from parley.models import ApiToken, OutboxEvent, Role
 from parley.settings import Settings
-from tests.conftest import SECRET_KEY, TenantAccess, make_tenant
+from tests.conftest import SECRET_KEY, TenantAccess, eventually, make_tenant
 from tests.fakes.twilio_api import FakeTwilioApi
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -137,14 +137,6 @@ async def add_conversation(
         session.add(conversation)
         await session.flush()
         return contact_id, conversation.id
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 # --- authentication ------------------------------------------------------------------------------
