@@ -28,6 +28,8 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
+from tests.fakes.server import serve_on_loopback
+
 DEFAULT_BOT_TOKEN = "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy"
 DEFAULT_SIGNING_SECRET = "8f742231b10e8888abcd99cccddd85a5"
 TEAM_ID = "T061EG9R6"
@@ -117,12 +119,8 @@ class FakeSlackApi:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle)
         self._stopping = asyncio.Event()
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}/api/"
+        self._runner, origin = await serve_on_loopback(app)
+        self.base_url = f"{origin}/api/"
         return self.base_url
 
     async def stop(self) -> None:

@@ -24,6 +24,8 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
+from tests.fakes.server import serve_on_loopback
+
 DEFAULT_BOT_TOKEN = "7000000001:AAHfakeTelegramBotToken_0123456789-abcd"
 DEFAULT_WEBHOOK_SECRET = "parley-webhook-secret_0123456789"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -123,12 +125,7 @@ class FakeTelegramApi:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         self._stopping = asyncio.Event()
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}"
+        self._runner, self.base_url = await serve_on_loopback(app)
         return self.base_url
 
     async def stop(self) -> None:

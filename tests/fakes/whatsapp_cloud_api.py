@@ -26,6 +26,8 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
+from tests.fakes.server import serve_on_loopback
+
 DEFAULT_WABA_ID = "102290129340398"
 DEFAULT_PHONE_NUMBER_ID = "106540352242922"
 DEFAULT_DISPLAY_PHONE_NUMBER = "15550783881"
@@ -101,11 +103,7 @@ class FakeWhatsAppCloudApi:
         app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id}/messages", self._send_message)
         app.router.add_get(r"/{version:v\d+\.\d+}/{media_id}", self._media_info)
         self._stopping = asyncio.Event()
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._runner, self.base_url = await serve_on_loopback(app)
         return self.base_url
 
     async def stop(self) -> None:
