@@ -131,6 +131,8 @@ class DovecotServer:
     imaps_port: int
     cert_path: Path
     users: Mapping[str, str]
+    # The user Dovecot's processes run as, who must be able to read its files.
+    run_as: str
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     host = "127.0.0.1"
@@ -155,11 +157,11 @@ class DovecotServer:
             imap_port=_free_port(),
             imaps_port=_free_port(),
             cert_path=_self_signed(base),
-            users=dict(users),
+            users={},
+            run_as=user,
         )
-        (base / "passwd").write_text(
-            "".join(f"{login}:{{PLAIN}}{password}::::::\n" for login, password in users.items())
-        )
+        for login, password in users.items():
+            server.add_user(login, password)
         config = base / "dovecot.conf"
         config.write_text(
             _CONFIG.format(
@@ -198,6 +200,17 @@ class DovecotServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"dovecot did not start listening in {timeout}s: {self.log()}")
+
+    def add_user(self, login: str, password: str) -> None:
+        """Add a mail account; Dovecot re-reads the passwd file when it changes."""
+        users = {**self.users, login: password}
+        self.users = users
+        path = self.base / "passwd"
+        tmp = path.with_suffix(".new")
+        tmp.write_text("".join(f"{name}:{{PLAIN}}{secret}::::::\n" for name, secret in users.items()))
+        if os.geteuid() == 0:
+            os.chown(tmp, pwd.getpwnam(self.run_as).pw_uid, pwd.getpwnam(self.run_as).pw_gid)
+        tmp.replace(path)
 
     def log(self) -> str:
         path = self.base / "dovecot.log"
