@@ -27,10 +27,17 @@ class Address:
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
+    """A file on a message: `url` where it can be fetched, or the bytes in `data` until stored.
+
+    Channels that receive files inline (email, chat uploads) set `data`; the gateway stores it in
+    the media store (`parley.media.store_inline_attachments`) and sets `url` before ingest.
+    """
+
     url: str
     content_type: str | None = None
     filename: str | None = None
     size: int | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

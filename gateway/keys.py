@@ -8,6 +8,7 @@ from gateway.notify import Notifier
 from inbox.runtime import InboxDirectory
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.media import MediaStore
 from parley.outbox import Dispatcher
 from parley.settings import Settings
 
@@ -17,3 +18,4 @@ DIRECTORY = web.AppKey("directory", InboxDirectory)
 SECRET_BOX = web.AppKey("secret_box", SecretBox)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 NOTIFIER = web.AppKey("notifier", Notifier)
+MEDIA = web.AppKey("media", MediaStore)

@@ -9,9 +9,10 @@ from multidict import MultiDict, MultiDictProxy
 
 from channels.base import MalformedPayload, SignatureError, WebhookRequest
 from gateway.errors import json_error
-from gateway.keys import DB, DIRECTORY, NOTIFIER, SETTINGS
+from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER, SETTINGS
 from gateway.pipeline import ingest
 from inbox.runtime import InboxRuntime
+from parley.media import store_inline_attachments
 from parley.metrics import INBOUND_MESSAGES, WEBHOOKS
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         logger.warning("inbox %s: malformed webhook: %s", inbox.id, e)
         return json_error(400, "malformed_payload", str(e))
 
+    events = await store_inline_attachments(request.app[MEDIA], inbox.tenant_id, events)
     result = await ingest(request.app[DB], inbox, events)
     if result.stored or result.statuses_applied:
         request.app[NOTIFIER].notify()

@@ -30,6 +30,15 @@ class Tenant(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Presence(StrEnum):
+    """Whether an agent can take conversations right now."""
+
+    ONLINE = "online"
+    BUSY = "busy"
+    AWAY = "away"
+    OFFLINE = "offline"
+
+
 class User(Base):
     __tablename__ = "users"
 
@@ -40,6 +49,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20))
     name: Mapped[str | None] = mapped_column(String(200))
+    presence: Mapped[str] = mapped_column(String(20), default=Presence.OFFLINE, server_default="offline")
+    presence_changed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -80,4 +91,4 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
-__all__ = ["ApiToken", "OutboxEvent", "Role", "Tenant", "User"]
+__all__ = ["ApiToken", "OutboxEvent", "Presence", "Role", "Tenant", "User"]

@@ -21,6 +21,9 @@ class Settings:
     public_url: str | None = None
     log_level: str = "INFO"
     database_pool_size: int = 20
+    # Attachments customers and agents exchange; None means `<data_dir>/media`.
+    media_dir: Path | None = None
+    media_max_bytes: int = 25 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -39,7 +42,13 @@ class Settings:
             public_url=public_url.rstrip("/") if public_url else None,
             log_level=env.get("PARLEY_LOG_LEVEL", "INFO").upper(),
             database_pool_size=int(env.get("PARLEY_DATABASE_POOL_SIZE", "20")),
+            media_dir=Path(env["PARLEY_MEDIA_DIR"]).resolve() if env.get("PARLEY_MEDIA_DIR") else None,
+            media_max_bytes=int(env.get("PARLEY_MEDIA_MAX_BYTES", str(25 * 1024 * 1024))),
         )
+
+    @property
+    def media_root(self) -> Path:
+        return self.media_dir or self.data_dir / "media"
 
     def with_public_url(self, url: str) -> Settings:
         """A copy whose public URL is `url` unless one was configured."""

@@ -1,12 +1,13 @@
-"""`/me`: who the token belongs to."""
+"""`/me`: who the token belongs to, and their presence."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
 from gateway.api.routing import ApiRequest, RouteTable
-from gateway.api.schemas import MeOut, TenantOut
-from parley.models import Tenant, User
+from gateway.api.schemas import MeOut, PresenceUpdate, TenantOut
+from parley.models import Presence, Tenant, User
+from routing.presence import set_presence
 
 routes = RouteTable("me")
 
@@ -26,5 +27,14 @@ async def get_me(call: ApiRequest) -> MeOut:
         email=user.email,
         name=user.name,
         role=call.principal.role,
+        presence=Presence(user.presence),
         tenant=TenantOut(id=tenant.id, name=tenant.name),
     )
+
+
+@routes.put("/me/presence", allow=None)
+async def put_presence(call: ApiRequest, *, body: PresenceUpdate) -> MeOut:
+    """Set whether you can take conversations now (voice calls and web chat ask before offering a human)."""
+    if await set_presence(call.session, call.tenant_id, call.principal.user_id, body.presence):
+        call.notify_after_commit()
+    return await get_me(call)

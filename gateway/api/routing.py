@@ -126,6 +126,9 @@ class RouteTable:
     def patch(self, path: str, *, allow: Permission | None, errors: Iterable[int] = ()) -> Callable[[H], H]:
         return self._route("PATCH", path, allow=allow, status=200, errors=errors)
 
+    def put(self, path: str, *, allow: Permission | None, errors: Iterable[int] = ()) -> Callable[[H], H]:
+        return self._route("PUT", path, allow=allow, status=200, errors=errors)
+
     def delete(self, path: str, *, allow: Permission | None, errors: Iterable[int] = ()) -> Callable[[H], H]:
         return self._route("DELETE", path, allow=allow, status=204, errors=errors)
 

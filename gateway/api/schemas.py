@@ -22,7 +22,7 @@ from pydantic import (
 from channels.registry import CHANNELS
 from inbox.models import ConversationStatus, MessageStatus
 from parley.auth import normalise_email
-from parley.models import Role
+from parley.models import Presence, Role
 
 V = TypeVar("V")
 
@@ -132,7 +132,14 @@ class MeOut(ResponseBody):
     email: str
     name: str | None
     role: Role = Field(description="The role of the token, which may be narrower than the user's.")
+    presence: Presence
     tenant: TenantOut
+
+
+class PresenceUpdate(RequestBody):
+    presence: Presence = Field(
+        description="online: can take conversations; busy and away: keeps what they have; offline: gone."
+    )
 
 
 # --- inboxes ------------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ async def test_me_describes_the_principal(api: Api) -> None:
         "email": "admin@acme.example.com",
         "name": None,
         "role": "admin",
+        "presence": "offline",
         "tenant": {"id": api.admin.tenant_id, "name": "acme"},
     }
 
@@ -843,6 +844,7 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         ("get", "/api/v1/conversations/{conversation_id}/messages"),
         ("post", "/api/v1/conversations/{conversation_id}/messages"),
         ("get", "/api/v1/me"),
+        ("put", "/api/v1/me/presence"),
         ("get", "/api/v1/openapi.json"),
         ("post", "/webhooks/{inbox_id}"),
         ("post", "/webhooks/{inbox_id}/status"),
