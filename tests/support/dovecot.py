@@ -1,9 +1,10 @@
-"""A throwaway Dovecot IMAP server for the tests: its own config, users and maildirs under a temp dir.
+"""A throwaway Dovecot IMAP server for the tests: its own config and maildirs under a temp dir.
 
-Dovecot runs "rootless" (every process as one unprivileged user, no chroot), listening on free
-loopback ports: plain IMAP (STARTTLS offered) and implicit-TLS IMAPS, with a self-signed
-certificate made here. Run as root, it runs as `nobody` instead, the way tests/support/pg_ctl
-runs PostgreSQL as `postgres`.
+Every login name is an account (created on first use) with the one `password`, so each test can
+have a fresh mailbox without touching the server. Dovecot runs "rootless" (every process as one
+unprivileged user, no chroot), listening on free loopback ports: plain IMAP (STARTTLS offered) and
+implicit-TLS IMAPS, with a self-signed certificate made here. Run as root, it runs as `nobody`
+instead, the way tests/support/pg_ctl runs PostgreSQL as `postgres`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +48,8 @@ default_internal_group = {group}
 first_valid_uid = 1
 mail_location = maildir:{base}/mail/%u
 passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {base}/passwd
+  driver = static
+  args = password={password}
 }}
 userdb {{
   driver = static
@@ -124,13 +124,13 @@ def _self_signed(base: Path) -> Path:
 
 @dataclass(slots=True)
 class DovecotServer:
-    """A running Dovecot; `users` maps login to password."""
+    """A running Dovecot: any login name with `password` opens that name's mailbox."""
 
     base: Path
     imap_port: int
     imaps_port: int
     cert_path: Path
-    users: Mapping[str, str]
+    password: str
     # The user Dovecot's processes run as, who must be able to read its files.
     run_as: str
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -138,8 +138,8 @@ class DovecotServer:
     host = "127.0.0.1"
 
     @classmethod
-    def start(cls, users: Mapping[str, str], *, timeout: float = 15.0) -> DovecotServer:
-        """Start a server with these users (login to password) in a new temp dir; `stop` removes it."""
+    def start(cls, password: str, *, timeout: float = 15.0) -> DovecotServer:
+        """Start a server in a new temp dir; `stop` removes it."""
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError("no dovecot binary: run scripts/test-deps.sh (Debian's dovecot-imapd)")
@@ -157,17 +157,16 @@ class DovecotServer:
             imap_port=_free_port(),
             imaps_port=_free_port(),
             cert_path=_self_signed(base),
-            users={},
+            password=password,
             run_as=user,
         )
-        for login, password in users.items():
-            server.add_user(login, password)
         config = base / "dovecot.conf"
         config.write_text(
             _CONFIG.format(
                 base=base,
                 user=user,
                 group=group,
+                password=password,
                 imap_port=server.imap_port,
                 imaps_port=server.imaps_port,
             )
@@ -200,17 +199,6 @@ class DovecotServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"dovecot did not start listening in {timeout}s: {self.log()}")
-
-    def add_user(self, login: str, password: str) -> None:
-        """Add a mail account; Dovecot re-reads the passwd file when it changes."""
-        users = {**self.users, login: password}
-        self.users = users
-        path = self.base / "passwd"
-        tmp = path.with_suffix(".new")
-        tmp.write_text("".join(f"{name}:{{PLAIN}}{secret}::::::\n" for name, secret in users.items()))
-        if os.geteuid() == 0:
-            os.chown(tmp, pwd.getpwnam(self.run_as).pw_uid, pwd.getpwnam(self.run_as).pw_gid)
-        tmp.replace(path)
 
     def log(self) -> str:
         path = self.base / "dovecot.log"
