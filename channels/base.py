@@ -92,6 +92,12 @@ class InboundMessage:
     # Where the message belongs when a channel has threads (a Slack thread's root): one
     # conversation per thread instead of one per contact and inbox.
     thread_key: str | None = None
+    # Provider message ids this message answers (email's In-Reply-To and References, nearest
+    # first): it joins the conversation of the first one stored in the inbox, else `thread_key`'s.
+    thread_refs: tuple[str, ...] = ()
+    # A conversation the channel has proof this message belongs to (a signed reply-to address);
+    # the pipeline still checks that it is in the inbox.
+    conversation_id: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -163,6 +169,12 @@ class OutboundMessage:
     template: Template | None = None
     # The conversation's thread (as the channel reported it inbound), to reply inside it.
     thread_key: str | None = None
+    # For channels that thread by reference (`Capabilities.threads_by_reference`, email): the
+    # conversation, its subject, the customer's last message id and the ids before it, oldest first.
+    conversation_id: int | None = None
+    subject: str | None = None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,9 @@ class Capabilities:
     # WhatsApp's customer-service window: free-form replies only this long after the customer's
     # last message; outside it, only templates.
     reply_window: timedelta | None = None
+    # Replies name the messages they answer (email): delivery fills in the outbound message's
+    # subject, in_reply_to and references.
+    threads_by_reference: bool = False
 
 
 class ChannelError(Exception):

@@ -1,0 +1,1 @@
+"""Email: SMTP server, IMAP polling and provider webhooks in; SMTP out; threads by Message-ID."""
