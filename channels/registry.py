@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from channels.base import Channel
+from channels.email.channel import Email
 from channels.slack import Slack
 from channels.telegram import Telegram
 from channels.twilio_sms import TwilioSms
@@ -10,7 +11,7 @@ from channels.twilio_whatsapp import TwilioWhatsApp
 from channels.whatsapp_cloud import WhatsAppCloud
 
 CHANNELS: dict[str, type[Channel]] = {
-    c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud, Slack)
+    c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud, Slack, Email)
 }
 
 

@@ -72,6 +72,8 @@ def _fits_fast_path(event: InboundEvent, inbox: InboxRuntime) -> TypeGuard[Inbou
         isinstance(event, InboundMessage)
         and event.consent_change is None
         and event.thread_key is None
+        and not event.thread_refs
+        and event.conversation_id is None
         and _option_number(inbox, event) is None
     )
 
@@ -312,6 +314,19 @@ _LOOKUP = (
 _THREAD = select(_conversations.c.id, _conversations.c.status).where(
     _conversations.c.inbox_id == bindparam("inbox_id"), _conversations.c.thread_key == bindparam("thread_key")
 )
+# A reply joins the conversation of a message it names (email's In-Reply-To / References)…
+_REFERENCED = (
+    select(_messages.c.provider_message_id, _conversations.c.id, _conversations.c.status)
+    .join(_conversations, _conversations.c.id == _messages.c.conversation_id)
+    .where(
+        _messages.c.inbox_id == bindparam("inbox_id"),
+        _messages.c.provider_message_id.in_(bindparam("refs", expanding=True)),
+    )
+)
+# …or the one a channel proved it belongs to, if that is in this inbox.
+_PROVEN = select(_conversations.c.id, _conversations.c.status).where(
+    _conversations.c.id == bindparam("conversation_id"), _conversations.c.inbox_id == bindparam("inbox_id")
+)
 _INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
 _INSERT_IDENTITY = insert(_identities).returning(_identities.c.id)
 _INSERT_CONVERSATION = insert(_conversations).returning(_conversations.c.id)
@@ -356,6 +371,22 @@ async def _picked_option(
     return ButtonReply(id=str(buttons[number - 1]["id"]), title=str(buttons[number - 1]["title"]))
 
 
+async def _answered_conversation(conn: AsyncConnection, inbox: InboxRuntime, event: InboundMessage) -> Any:
+    """The conversation a reply belongs to by proof or by the messages it names, else None."""
+    if event.conversation_id is not None:
+        proven = (
+            await conn.execute(_PROVEN, {"conversation_id": event.conversation_id, "inbox_id": inbox.id})
+        ).one_or_none()
+        if proven is not None:
+            return proven
+    if not event.thread_refs:
+        return None
+    rows = (await conn.execute(_REFERENCED, {"inbox_id": inbox.id, "refs": list(event.thread_refs)})).all()
+    by_ref = {row.provider_message_id: row for row in rows}
+    # The nearest reference that is stored wins: a reply to the latest message of a thread.
+    return next((by_ref[ref] for ref in event.thread_refs if ref in by_ref), None)
+
+
 async def _store_message(
     session: AsyncSession, inbox: InboxRuntime, event: InboundMessage, result: IngestResult
 ) -> None:
@@ -380,10 +411,12 @@ async def _store_message(
     now = utcnow()
     contact_id, identity_id, conversation_id = found.contact_id, found.identity_id, found.conversation_id
     events: list[tuple[str, dict[str, Any]]] = []
-    if event.thread_key is not None:
+    thread = await _answered_conversation(conn, inbox, event)
+    if thread is None and event.thread_key is not None:
         thread = (
             await conn.execute(_THREAD, {"inbox_id": inbox.id, "thread_key": event.thread_key})
         ).one_or_none()
+    if thread is not None or event.thread_key is not None:
         conversation_id = None if thread is None else thread.id
         if thread is not None and thread.status == ConversationStatus.RESOLVED:
             events.append(("conversation.reopened", {"conversation_id": thread.id, "inbox_id": inbox.id}))

@@ -103,11 +103,14 @@ class OutboundDelivery:
         if buttons and not inbox.channel.capabilities.buttons:
             text, buttons = numbered_options(text, buttons), ()
         stored_template = message.extra.get("template")
+        thread = await self._thread(message) if inbox.channel.capabilities.threads_by_reference else {}
         outbound = OutboundMessage(
             message_id=message.id,
             recipient=Address(row.kind, row.address),
             text=text,
-            attachments=tuple(Attachment(a["url"], a.get("content_type")) for a in message.attachments),
+            attachments=tuple(
+                Attachment(a["url"], a.get("content_type"), a.get("filename")) for a in message.attachments
+            ),
             status_callback_url=f"{base}/webhooks/{message.inbox_id}/status" if base else None,
             buttons=buttons,
             thread_key=row.thread_key,
@@ -118,6 +121,7 @@ class OutboundDelivery:
                 stored_template.get("language"),
                 stored_template.get("variables") or {},
             ),
+            **thread,
         )
         attempt = message.attempts + 1
         try:
@@ -151,6 +155,29 @@ class OutboundDelivery:
             emit_update=True,
         )
         MESSAGES_SENT.labels(channel=inbox.channel_name, outcome="sent").inc()
+
+    async def _thread(self, message: Message) -> dict[str, Any]:
+        """Email's threading: the conversation's subject, the customer's last message, the chain before it."""
+        async with self.db.sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(Message.direction, Message.provider_message_id, Message.extra)
+                    .where(
+                        Message.conversation_id == message.conversation_id,
+                        Message.id < message.id,
+                        Message.provider_message_id.is_not(None),
+                    )
+                    .order_by(Message.id)
+                )
+            ).all()
+        inbound = [row for row in rows if row.direction == "inbound"]
+        subjects = [row.extra.get("subject") for row in (*inbound[:1], *rows) if row.extra.get("subject")]
+        return {
+            "conversation_id": message.conversation_id,
+            "subject": message.extra.get("subject") or (subjects[0] if subjects else None),
+            "in_reply_to": inbound[-1].provider_message_id if inbound else None,
+            "references": tuple(row.provider_message_id for row in rows),
+        }
 
     async def apply_early_status(self, event: Event) -> None:
         """Handler for `message.status_early`: apply it once the send has stored the provider's id."""
