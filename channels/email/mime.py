@@ -700,25 +700,24 @@ class _TextExtractor(HTMLParser):
         self.current: list[str] = []
         self.quote_depth = 0
         self.skip_depth = 0
-        self.quote_started_at: int | None = None
 
-    def _flush(self) -> None:
+    def _flush(self, *, line_break: bool = False) -> None:
         text = _single_line("".join(self.current))
         self.current = []
-        if text or (self.lines and self.lines[-1] != ""):
-            self.lines.append(("> " * self.quote_depth) + text if text else "")
+        if text or line_break:
+            self.lines.append(("> " * self.quote_depth) + text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _SKIP:
             self.skip_depth += 1
             return
-        classes = " ".join(v or "" for k, v in attrs if k in ("class", "id"))
-        if tag == "blockquote" or "gmail_quote" in classes or "divRplyFwdMsg" in classes:
+        # Gmail's and Outlook's quote containers hold an attribution line ("On … wrote:", "From: …
+        # Sent: …") that split_reply recognises; a blockquote becomes `> ` lines.
+        if tag == "blockquote":
             self._flush()
-            if tag == "blockquote":
-                self.quote_depth += 1
-            elif self.quote_started_at is None:
-                self.quote_started_at = len(self.lines)
+            self.quote_depth += 1
+        elif tag == "br":
+            self._flush(line_break=True)
         elif tag in _BLOCKS:
             self._flush()
 
@@ -755,9 +754,8 @@ def _normalise_newlines(text: str) -> str:
 # Separating the new text from quoted history and the signature, line by line.
 
 _ATTRIBUTION_START = re.compile(r"^\s*(on|am|le|el|il|op|em|den|dne|w dniu)\s", re.IGNORECASE)
-_ATTRIBUTION_END = re.compile(
-    r"(wrote|schrieb|a écrit|escribió|ha scritto|schreef|escreveu|skrev|napsal|napisał)\s*:\s*$",
-    re.IGNORECASE,
+_ATTRIBUTION_WORD = re.compile(
+    r"\b(wrote|schrieb|a écrit|escribió|ha scritto|schreef|escreveu|skrev|napsal|napisał)\b", re.IGNORECASE
 )
 _ORIGINAL_MESSAGE = re.compile(
     r"^\s*-{2,}\s*(original message|forwarded message|ursprüngliche nachricht|message d'origine|"
@@ -812,7 +810,7 @@ def _quote_start(lines: list[str]) -> int:
             for j in range(i, min(i + 3, n)):
                 if j > i:
                     joined += " " + lines[j][:_MAX_LINE]
-                if _ATTRIBUTION_END.search(joined.rstrip()):
+                if joined.rstrip().endswith(":") and _ATTRIBUTION_WORD.search(joined):
                     return i
         if _HEADER_FROM.match(line) and any(
             _HEADER_SENT.match(lines[j][:_MAX_LINE]) for j in range(i + 1, min(i + 5, n))
