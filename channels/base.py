@@ -247,6 +247,9 @@ class Channel(ABC):
     # What consent (opt-in/opt-out) is recorded against: "sms", "whatsapp", "email"…
     consent_channel: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # The largest webhook body the channel takes, if more than the gateway's default (email
+    # providers post whole messages with their attachments).
+    max_webhook_bytes: ClassVar[int | None] = None
 
     @classmethod
     @abstractmethod

@@ -38,6 +38,10 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         return json_error(404, "not_found", "inbox not found")
     channel_name = inbox.channel_name
 
+    limit = inbox.channel.max_webhook_bytes
+    if limit is not None and limit > MAX_WEBHOOK_BYTES:
+        # The app's client_max_size is the default for every route; this inbox's channel takes more.
+        request = request.clone(client_max_size=limit)
     body = await request.read()
     form = _EMPTY
     if request.content_type == "application/x-www-form-urlencoded":

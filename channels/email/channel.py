@@ -67,6 +67,7 @@ class Email(Channel):
     identity_kind = "email"
     consent_channel = "email"
     capabilities = Capabilities(media=True, threads_by_reference=True)
+    max_webhook_bytes = providers.DEFAULT_MAX_WEBHOOK_BYTES
 
     def __init__(
         self,
