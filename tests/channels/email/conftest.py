@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
+from channels.email.channel import Email
+from inbox.models import Inbox
+from parley.crypto import SecretBox
+from parley.db import Database
+from tests.conftest import SECRET_KEY
 from tests.support.dovecot import DovecotServer
 
 _ACCOUNTS = itertools.count(1)
@@ -50,3 +56,28 @@ class ImapAccount:
 def imap_account(dovecot: DovecotServer) -> ImapAccount:
     """A new, empty mailbox on the shared Dovecot."""
     return ImapAccount(dovecot, f"support{next(_ACCOUNTS)}@parley.test", dovecot.password)
+
+
+async def make_email_inbox(
+    db: Database,
+    tenant_id: int,
+    *,
+    addresses: Sequence[str] = ("support@parley.test",),
+    settings: Mapping[str, Any] | None = None,
+    secrets: Mapping[str, str] | None = None,
+) -> int:
+    """An email inbox stored as the API would store it (settings and secrets cleaned by the channel)."""
+    cleaned, cleaned_secrets = Email.validate_config(
+        {"addresses": list(addresses), **(settings or {})}, {"reply_token_key": "k" * 32, **(secrets or {})}
+    )
+    async with db.transaction() as session:
+        inbox = Inbox(
+            tenant_id=tenant_id,
+            name="Support mail",
+            channel="email",
+            settings=cleaned,
+            secrets_encrypted=SecretBox(SECRET_KEY).seal(cleaned_secrets),
+        )
+        session.add(inbox)
+        await session.flush()
+        return inbox.id

@@ -8,16 +8,22 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient
 from multidict import MultiDict, MultiDictProxy
+from sqlalchemy import select
 from urllib3 import encode_multipart_formdata
 
 from channels.base import ConfigurationError, MalformedPayload, SignatureError, WebhookRequest
 from channels.email.providers import (
+    DEFAULT_MAX_WEBHOOK_BYTES,
     MAX_AGE,
     clean_provider_secrets,
     envelope_recipients,
@@ -25,6 +31,13 @@ from channels.email.providers import (
     raw_mime,
     verify_webhook,
 )
+from gateway.app import create_app
+from gateway.webhooks import MAX_WEBHOOK_BYTES
+from inbox.models import Conversation, Message
+from parley.db import Database
+from parley.settings import Settings
+from tests.channels.email.conftest import make_email_inbox
+from tests.conftest import make_tenant
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "email"
 SENDGRID_TOKEN = "sg-" + "s3cret" * 4
@@ -253,3 +266,134 @@ def test_provider_secrets_are_checked() -> None:
     }
     with pytest.raises(ConfigurationError, match="sendgrid_webhook_token"):
         clean_provider_secrets({"sendgrid_webhook_token": "short"})
+
+
+# Through the whole gateway: `/webhooks/<inbox>/<route>` → verify → parse → media → pipeline.
+
+
+@dataclass
+class Gateway:
+    client: TestClient[Any, Any]
+    db: Database
+    tenant_id: int
+    inbox_id: int
+
+    async def post(self, request: WebhookRequest) -> tuple[int, str]:
+        path = f"/webhooks/{self.inbox_id}/{request.route}"
+        response = await self.client.post(
+            path, data=request.body, headers=dict(request.headers), params=dict(request.query)
+        )
+        return response.status, await response.text()
+
+    async def messages(self) -> list[Message]:
+        async with self.db.sessionmaker() as session:
+            return list((await session.execute(select(Message).order_by(Message.id))).scalars())
+
+    async def conversations(self) -> list[Conversation]:
+        async with self.db.sessionmaker() as session:
+            return list((await session.execute(select(Conversation).order_by(Conversation.id))).scalars())
+
+
+@pytest_asyncio.fixture
+async def gateway(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], db: Database, settings: Settings
+) -> Gateway:
+    tenant = await make_tenant(db, "acme")
+    inbox_id = await make_email_inbox(db, tenant.tenant_id, secrets=SECRETS)
+    client = await aiohttp_client(create_app(settings))
+    return Gateway(client, db, tenant.tenant_id, inbox_id)
+
+
+async def test_sendgrid_post_becomes_a_conversation_with_its_attachments_stored(gateway: Gateway) -> None:
+    assert (await gateway.post(sendgrid()))[0] == 200
+
+    [message] = await gateway.messages()
+    assert message.provider_message_id == "<nested-0001@example.com>"
+    assert message.body == "The widget arrived broken, see the photo."
+    assert [(a["filename"], a["content_type"]) for a in message.attachments] == [
+        ("widget.png", "image/png"),
+        ("order-1001.pdf", "application/pdf"),
+    ]
+    for attachment in message.attachments:  # stored in the media store, served by the gateway
+        path = attachment["url"][attachment["url"].index("/media/") :]
+        response = await gateway.client.get(path)
+        assert response.status == 200
+    assert "<script" not in message.extra["html"]
+    [conversation] = await gateway.conversations()
+    assert conversation.thread_key == "<nested-0001@example.com>"
+
+
+async def test_a_provider_retry_stores_nothing_twice(gateway: Gateway) -> None:
+    request = mailgun()
+    assert (await gateway.post(request))[0] == 200
+    assert (await gateway.post(request))[0] == 200  # Mailgun retrying after a lost answer
+    assert len(await gateway.messages()) == 1
+
+
+async def test_an_unverified_post_is_403_and_stores_nothing(gateway: Gateway) -> None:
+    status, body = await gateway.post(sendgrid(token="wrong-token-wrong-token"))
+    assert status == 403 and "token does not match" in body
+    status, body = await gateway.post(mailgun(key="key-not-ours"))
+    assert status == 403 and "signature does not match" in body
+    assert await gateway.messages() == []
+
+
+async def test_a_post_whose_message_is_not_an_email_is_400_with_the_reason(gateway: Gateway) -> None:
+    status, body = await gateway.post(sendgrid(email=(FIXTURES / "invalid__not_an_email.eml").read_bytes()))
+    assert status == 400 and "does not start with a header field" in body
+    status, body = await gateway.post(mailgun(raw=(FIXTURES / "invalid__missing_from.eml").read_bytes()))
+    assert status == 400 and "no sender address" in body
+    assert await gateway.messages() == [] and await gateway.conversations() == []
+
+
+async def test_an_auto_reply_posted_by_a_provider_opens_nothing(gateway: Gateway) -> None:
+    raw = (FIXTURES / "auto_reply__auto_submitted.eml").read_bytes()
+    assert (await gateway.post(mailgun(raw=raw)))[0] == 200
+    assert await gateway.messages() == [] and await gateway.conversations() == []
+
+
+async def test_a_bounce_posted_by_a_provider_fails_the_message_it_reports_on(gateway: Gateway) -> None:
+    raw = (FIXTURES / "message__rfc2047_names.eml").read_bytes()
+    assert (await gateway.post(sendgrid(email=raw)))[0] == 200
+    [conversation] = await gateway.conversations()
+    async with gateway.db.transaction() as session:  # the agent's reply, as delivery left it once sent
+        session.add(
+            Message(
+                tenant_id=gateway.tenant_id,
+                inbox_id=gateway.inbox_id,
+                conversation_id=conversation.id,
+                direction="outbound",
+                sender_type="user",
+                body="Your refund is on its way.",
+                provider_message_id="<parley-outbound-1@parley.test>",
+                status="sent",
+            )
+        )
+
+    bounce = (FIXTURES / "bounce__dsn_multipart_report.eml").read_bytes()
+    assert (await gateway.post(sendgrid(email=bounce)))[0] == 200
+
+    messages = await gateway.messages()
+    assert len(messages) == 2  # the bounce is no message of its own
+    failed = messages[1]
+    assert (failed.status, failed.error_code) == ("failed", "5.1.1")
+    assert "User unknown" in (failed.error_message or "")
+    assert len(await gateway.conversations()) == 1
+
+
+async def test_email_webhooks_take_messages_bigger_than_the_default_webhook_limit(gateway: Gateway) -> None:
+    big = (
+        b"Message-ID: <big-0001@example.com>\r\nFrom: big@example.com\r\nTo: support@parley.test\r\n"
+        b"Subject: Scans\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+        b"Content-Type: text/plain\r\n\r\nAll the scans.\r\n--b\r\nContent-Type: application/pdf\r\n"
+        b"Content-Disposition: attachment; filename=scans.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes(secrets.token_bytes(3 * 1024 * 1024 + MAX_WEBHOOK_BYTES // 2))
+        + b"\r\n--b--\r\n"
+    )
+    assert len(big) > MAX_WEBHOOK_BYTES
+    assert (await gateway.post(sendgrid(email=big)))[0] == 200
+    [message] = await gateway.messages()
+    assert message.attachments[0]["filename"] == "scans.pdf"
+
+    too_big = sendgrid(email=b"X" * (DEFAULT_MAX_WEBHOOK_BYTES + 1))
+    assert (await gateway.post(too_big))[0] == 413
