@@ -9,24 +9,30 @@ the parser's reason and logged, and nothing of it is stored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aiohttp import web
 from sqlalchemy import select
 
 from channels.base import DeliveryStatus, InboundMessage, MalformedPayload
 from channels.email.channel import Email, base_address
 from channels.email.mime import parse_email
-from gateway.notify import Notifier
+from channels.email.smtp_server import start_smtp_server
+from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER
+from gateway.notify import CeleryNotifier, Notifier
 from gateway.pipeline import ingest
+from gateway.wiring import build_runtime
 from inbox.models import Inbox
 from inbox.runtime import InboxDirectory, InboxRuntime
 from parley.db import Database
 from parley.media import MediaStore, store_inline_attachments
 from parley.metrics import INBOUND_MESSAGES
+from parley.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +168,64 @@ async def accept_email(
         return IntakeOutcome("bounce", f"delivery failure report {applied}", inbox.id)
     assert not any(isinstance(e, InboundMessage) for e in events)
     return IntakeOutcome("ignored", "nothing to store", inbox.id)
+
+
+def smtp_context(
+    *, host: str, port: int, max_message_bytes: int, hostname: str | None = None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A `cleanup_ctx` that runs the SMTP server inside the gateway (`parley serve --smtp-port`)."""
+
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        intake = EmailIntake(app[DB], app[DIRECTORY], app[MEDIA], app[NOTIFIER])
+        server = await start_smtp_server(
+            intake, host=host, port=port, max_message_bytes=max_message_bytes, hostname=hostname
+        )
+        yield
+        server.close()
+        await server.wait_closed()
+
+    return run
+
+
+async def serve_smtp(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    max_message_bytes: int,
+    hostname: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """`parley smtp`: the SMTP server on its own, until `stop` is set (SIGINT/SIGTERM from the CLI).
+
+    Outbox events (a new conversation, a bounce) are dispatched in this process, or by the Celery
+    workers when Redis is configured, as in `parley serve`.
+    """
+    runtime = build_runtime(settings)
+    stop = stop or asyncio.Event()
+    dispatcher_task: asyncio.Task[None] | None = None
+    notifier: Notifier
+    celery: CeleryNotifier | None = None
+    if settings.redis_url:
+        celery = CeleryNotifier(settings.redis_url)
+        await celery.start()
+        notifier = celery
+    else:
+        notifier = runtime.dispatcher
+        dispatcher_task = asyncio.create_task(runtime.dispatcher.run_forever())
+    media = MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
+    intake = EmailIntake(runtime.db, runtime.directory, media, notifier)
+    server = await start_smtp_server(
+        intake, host=host, port=port, max_message_bytes=max_message_bytes, hostname=hostname
+    )
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        await server.wait_closed()
+        if dispatcher_task is not None:
+            dispatcher_task.cancel()
+            await asyncio.gather(dispatcher_task, return_exceptions=True)
+        if celery is not None:
+            await celery.stop()
+        await runtime.close()

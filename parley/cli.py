@@ -59,8 +59,12 @@ def migrate() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to listen on.")
-def serve(host: str, port: int) -> None:
-    """Run the gateway (webhooks, API); migrates the database first."""
+@click.option("--smtp-port", type=int, default=None, help="Also receive email over SMTP on this port.")
+@click.option(
+    "--max-message-bytes", default=25 * 1024 * 1024, show_default=True, type=int, help="SMTP size limit."
+)
+def serve(host: str, port: int, smtp_port: int | None, max_message_bytes: int) -> None:
+    """Run the gateway (webhooks, API, optionally SMTP); migrates the database first."""
     from aiohttp import web
 
     from gateway.app import create_app
@@ -82,12 +86,48 @@ def serve(host: str, port: int) -> None:
     except ImportError:  # uvloop is optional (not on Windows)
         pass
     app = create_app(settings)
+    if smtp_port is not None:
+        from gateway.email_intake import smtp_context
+
+        app.cleanup_ctx.append(smtp_context(host=host, port=smtp_port, max_message_bytes=max_message_bytes))
     # Everything imported and built so far lives as long as the process: keep it out of the
     # collector's scans, and collect the young generation less often. Full collections over
     # SQLAlchemy's and aiohttp's long-lived objects were most of the webhook latency tail.
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
     web.run_app(app, host=host, port=port, loop=loop, access_log=None, print=click.echo)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=2525, show_default=True, type=int, help="Port to listen on (25 behind an MX)."
+)
+@click.option(
+    "--max-message-bytes", default=25 * 1024 * 1024, show_default=True, type=int, help="Larger mail gets 552."
+)
+@click.option("--hostname", default=None, help="The name the server greets with (default: this host's).")
+def smtp(host: str, port: int, max_message_bytes: int, hostname: str | None) -> None:
+    """Receive email for the email inboxes' addresses over SMTP; migrates the database first."""
+    import signal
+
+    from gateway.email_intake import serve_smtp
+
+    settings = Settings.from_env()
+    _logging(settings)
+    _run(lambda db: upgrade(db.engine), settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        click.echo(f"receiving email on {host}:{port}")
+        await serve_smtp(
+            settings, host=host, port=port, max_message_bytes=max_message_bytes, hostname=hostname, stop=stop
+        )
+
+    asyncio.run(main())
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
