@@ -85,3 +85,65 @@ async def test_threaded_and_unthreaded_conversations_of_one_contact_coexist(
         (None, "open"),
         ("C1:100.1", "open"),
     ]
+
+
+def mailed(n: int, *, refs: tuple[str, ...] = (), proof: int | None = None) -> InboundMessage:
+    """A message of a channel that threads by reference (email): its own id is its thread's key."""
+    return InboundMessage(
+        provider_message_id=f"<m{n}@example.com>",
+        sender=Address("email", "ann@example.com"),
+        recipient=None,
+        text=f"mail {n}",
+        thread_key=f"<m{n}@example.com>",
+        thread_refs=refs,
+        conversation_id=proof,
+    )
+
+
+async def conversation_of(db: Database, provider_message_id: str) -> int:
+    async with db.sessionmaker() as session:
+        return int(
+            (
+                await session.execute(
+                    select(Message.conversation_id).where(Message.provider_message_id == provider_message_id)
+                )
+            ).scalar_one()
+        )
+
+
+async def test_a_message_naming_a_stored_one_joins_its_conversation(
+    db: Database, inbox: InboxRuntime
+) -> None:
+    await pipeline.ingest(db, inbox, [mailed(1)])
+    await pipeline.ingest(db, inbox, [mailed(2)])
+    # Unknown references are skipped; the nearest stored one decides.
+    await pipeline.ingest(
+        db, inbox, [mailed(3, refs=("<unknown@x>", "<m2@example.com>", "<m1@example.com>"))]
+    )
+    assert await conversation_of(db, "<m3@example.com>") == await conversation_of(db, "<m2@example.com>")
+    assert await conversation_of(db, "<m2@example.com>") != await conversation_of(db, "<m1@example.com>")
+    # Nothing known: a thread of its own.
+    await pipeline.ingest(db, inbox, [mailed(4, refs=("<unknown@x>",))])
+    assert [key for key, _, _ in await conversations(db)] == [
+        "<m1@example.com>",
+        "<m2@example.com>",
+        "<m4@example.com>",
+    ]
+
+
+async def test_a_proven_conversation_counts_only_in_its_own_inbox(db: Database, inbox: InboxRuntime) -> None:
+    await pipeline.ingest(db, inbox, [mailed(1)])
+    first = await conversation_of(db, "<m1@example.com>")
+    await pipeline.ingest(db, inbox, [mailed(2, proof=first)])
+    assert await conversation_of(db, "<m2@example.com>") == first
+
+    other_tenant = await make_tenant(db, "globex")
+    other_id = await make_twilio_inbox(db, other_tenant.tenant_id, "http://127.0.0.1:9", "AC" + "1" * 32, "t")
+    directory = InboxDirectory(db, SecretBox(SECRET_KEY))
+    other = await directory.get(other_id)
+    assert other is not None
+    # Another inbox's message claiming this inbox's conversation (or referencing its messages) gets
+    # a thread of its own.
+    await pipeline.ingest(db, other, [mailed(3, proof=first, refs=("<m1@example.com>",))])
+    assert await conversation_of(db, "<m3@example.com>") != first
+    await directory.close()
