@@ -364,8 +364,27 @@ def _address_list(value: str | None) -> list[tuple[str | None, str]]:
 
 
 def _first_address(msg: Message, name: str) -> tuple[str | None, str | None]:
-    found = _address_list(_header(msg, name))
+    try:
+        value = msg.get(name)
+    except Exception:  # the structured parser refused it: read the raw text, names kept apart
+        raw = next((str(v) for k, v in msg.raw_items() if k.lower() == name.lower()), None)
+        value = _ENCODED_WORD.sub(_quoted_word, raw) if raw is not None else None
+    found = _address_list(_repair(str(value))) if value is not None else []
     return found[0] if found else (None, None)
+
+
+# An RFC 2047 encoded-word. In a raw address header each is decoded into a quoted string: decoded
+# text may hold line breaks, colons or addresses ("=?UTF-8?Q?Eve=0D=0ABcc:_x@evil?= <eve@...>"),
+# which must stay part of the display name instead of being read as the address.
+_ENCODED_WORD = re.compile(r"=\?[^?\s]{1,40}\?[bBqQ]\?[^?\s]*\?=")
+
+
+def _quoted_word(match: re.Match[str]) -> str:
+    try:
+        text = str(email.header.make_header(email.header.decode_header(match.group(0))))
+    except Exception:  # an undecodable encoded-word stays as it was, quoted
+        text = match.group(0)
+    return '"' + _single_line(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _addresses(msg: Message, name: str) -> tuple[str, ...]:
@@ -373,7 +392,9 @@ def _addresses(msg: Message, name: str) -> tuple[str, ...]:
     try:
         raw_values = msg.get_all(name) or []
     except Exception:  # a header the structured parser chokes on
-        raw_values = [v for k, v in msg.raw_items() if k.lower() == name.lower()]
+        raw_values = [
+            _ENCODED_WORD.sub(_quoted_word, str(v)) for k, v in msg.raw_items() if k.lower() == name.lower()
+        ]
     for raw_value in raw_values:
         for _, address in _address_list(_repair(str(raw_value))):
             if address not in values:
