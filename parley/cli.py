@@ -63,7 +63,8 @@ def migrate() -> None:
 @click.option(
     "--max-message-bytes", default=25 * 1024 * 1024, show_default=True, type=int, help="SMTP size limit."
 )
-def serve(host: str, port: int, smtp_port: int | None, max_message_bytes: int) -> None:
+@click.option("--imap", is_flag=True, help="Also poll the email inboxes' IMAP mailboxes (see `parley imap`).")
+def serve(host: str, port: int, smtp_port: int | None, max_message_bytes: int, imap: bool) -> None:
     """Run the gateway (webhooks, API, optionally SMTP); migrates the database first."""
     from aiohttp import web
 
@@ -90,6 +91,10 @@ def serve(host: str, port: int, smtp_port: int | None, max_message_bytes: int) -
         from gateway.email_intake import smtp_context
 
         app.cleanup_ctx.append(smtp_context(host=host, port=smtp_port, max_message_bytes=max_message_bytes))
+    if imap:
+        from gateway.imap_polling import imap_context
+
+        app.cleanup_ctx.append(imap_context())
     # Everything imported and built so far lives as long as the process: keep it out of the
     # collector's scans, and collect the young generation less often. Full collections over
     # SQLAlchemy's and aiohttp's long-lived objects were most of the webhook latency tail.
@@ -128,6 +133,41 @@ def smtp(host: str, port: int, max_message_bytes: int, hostname: str | None) -> 
         )
 
     asyncio.run(main())
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Poll every mailbox once and exit (for cron).")
+@click.option(
+    "--rescan", default=60.0, show_default=True, type=float, help="Seconds between looks for changed inboxes."
+)
+def imap(once: bool, rescan: float) -> None:
+    """Poll the mailboxes of email inboxes with IMAP settings; migrates the database first."""
+    import signal
+
+    from gateway.imap_polling import serve_imap
+
+    settings = Settings.from_env()
+    _logging(settings)
+    _run(lambda db: upgrade(db.engine), settings)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        if not once:
+            click.echo("polling the email inboxes' IMAP mailboxes")
+        results = await serve_imap(settings, once=once, rescan=rescan, stop=stop)
+        for inbox_id, result in sorted(results.items()):
+            if isinstance(result, Exception):
+                click.echo(f"inbox {inbox_id}: failed: {result}", err=True)
+            else:
+                click.echo(f"inbox {inbox_id}: {result.accepted} stored, {result.rejected} rejected")
+        return sum(isinstance(r, Exception) for r in results.values())
+
+    failures = asyncio.run(main())
+    if failures:
+        raise SystemExit(1)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
