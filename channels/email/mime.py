@@ -40,7 +40,7 @@ MAX_DEPTH = 30
 # Parsing a body for quotes works on at most this much text; the rest is kept as new text.
 MAX_SPLIT_CHARS = 256 * 1024
 
-_MSG_ID = re.compile(r"<([^<>\s]{1,998})>")
+_MSG_ID = re.compile(r"<([^<>\s\x00-\x1f\x7f\ud800-\udfff]{1,998})>")
 _AUTO_SUBJECT = re.compile(
     r"^\s*(automatic reply|auto[- ]?reply|autoreply|auto[- ]?response|out of (the )?office( autoreply)?)\s*:",
     re.IGNORECASE,
@@ -250,7 +250,7 @@ def _parse(raw: bytes, envelope_recipients: Sequence[str], envelope_sender: str 
 
     body = _Body()
     _walk(msg, body, depth=0)
-    html = _sanitise_html(body.html) if body.html is not None else None
+    html = _sanitise_html(_normalise_newlines(body.html)) if body.html is not None else None
     full_text = body.plain if body.plain is not None else (html_to_text(body.html) if body.html else "")
     full_text = _normalise_newlines(full_text).strip("\n")
     new_text, quoted, signature = split_reply(full_text)
@@ -258,7 +258,7 @@ def _parse(raw: bytes, envelope_recipients: Sequence[str], envelope_sender: str 
     content_type = msg.get_content_type()
     report_type = _param(msg, "report-type") if content_type == "multipart/report" else ""
     bounce = body.dsn
-    if bounce is None and _looks_like_bounce(msg, from_address, envelope_sender):
+    if bounce is None and _looks_like_bounce(msg, from_address):
         # A bounce without a machine-readable report (old MTAs): its original id from the
         # quoted headers, or from the threading headers some of them set.
         refs = _message_ids(_header(msg, "In-Reply-To")) + _message_ids(_header(msg, "References"))
@@ -289,7 +289,10 @@ def _parse(raw: bytes, envelope_recipients: Sequence[str], envelope_sender: str 
         attachments=tuple(body.attachments),
         auto_reply=_is_auto_reply(msg, subject),
         bounce=bounce,
-        machine_report=bool(report_type) and report_type.lower() != "delivery-status",
+        # Read receipts and feedback reports; and anything sent from the null reverse-path, which
+        # only notifications use (RFC 5321 4.5.5): vacation replies, bounces of other kinds.
+        machine_report=(bool(report_type) and report_type.lower() != "delivery-status")
+        or (envelope_sender is not None and envelope_sender.strip("<> ") == ""),
         envelope_recipients=tuple(
             a for a in (_normalise_address(r) for r in envelope_recipients) if a is not None
         ),
@@ -332,7 +335,12 @@ def _repair(value: str) -> str:
 
 
 def _single_line(value: str) -> str:
-    return " ".join(value.split())
+    return " ".join(_CONTROL.sub("", value).split())
+
+
+# C0 controls but tab and newline, DEL, and lone surrogates: PostgreSQL stores no NUL in text or
+# JSON, and no surrogate in UTF-8; none of them is something a person wrote.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def _normalise_address(value: str) -> str | None:
@@ -408,7 +416,11 @@ def _message_ids(value: str | None) -> list[str]:
         return []
     ids = [f"<{m}>" for m in _MSG_ID.findall(value)]
     if not ids:
-        ids = [f"<{token.strip('<>')}>" for token in value.split() if "@" in token and len(token) < 998]
+        ids = [
+            f"<{token.strip('<>')}>"
+            for token in value.split()
+            if "@" in token and len(token) < 998 and not _CONTROL.search(token)
+        ]
     return ids
 
 
@@ -446,9 +458,7 @@ def _is_auto_reply(msg: Message, subject: str) -> bool:
     return bool(_AUTO_SUBJECT.match(subject))
 
 
-def _looks_like_bounce(msg: Message, from_address: str, envelope_sender: str | None) -> bool:
-    if envelope_sender is not None and envelope_sender.strip("<> ") == "":
-        return True  # the null reverse-path: only notifications are sent from it (RFC 5321 4.5.5)
+def _looks_like_bounce(msg: Message, from_address: str) -> bool:
     if msg.get_content_type() == "multipart/report":
         return True
     return bool(_BOUNCE_SENDER.match(from_address)) and bool(
@@ -547,7 +557,7 @@ def _leaf(part: Message, content_type: str, body: _Body) -> None:
             filename=filename or _default_filename(content_type),
             content_type=content_type,
             data=data,
-            content_id=content_id.strip() if content_id else None,
+            content_id=_single_line(content_id)[:300] or None if content_id else None,
             inline=disposition == "inline" or (disposition is None and content_id is not None),
         )
     )
@@ -638,7 +648,7 @@ def _report(part: Message, children: Sequence[Message | str], body: _Body) -> No
         original_message_id=original,
         recipient=_normalise_address(recipient) if recipient else None,
         action=fields.get("action", "").strip().lower() or None,
-        status=(fields.get("status") or "").strip()[:20] or None,
+        status=_single_line(fields.get("status") or "")[:20] or None,
         diagnostic=_single_line(diagnostic)[:500] if diagnostic else None,
     )
 
@@ -769,7 +779,7 @@ def html_to_text(html: str) -> str:
 
 
 def _normalise_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 # Separating the new text from quoted history and the signature, line by line.

@@ -40,7 +40,7 @@ class Intake(Protocol):
     async def find_inbox(self, address: str) -> Any: ...
 
     async def accept(
-        self, raw: bytes, *, envelope_recipients: Sequence[str], inbox: Any, envelope_sender: str
+        self, raw: bytes, *, envelope_recipients: Sequence[str], inbox: Any, envelope_sender: str | None
     ) -> Outcome: ...
 
 
@@ -86,7 +86,7 @@ class InboxHandler:
                         raw,
                         envelope_recipients=recipients,
                         inbox=inbox,
-                        envelope_sender=envelope.mail_from or "",
+                        envelope_sender=envelope.mail_from,
                     )
                 )
         except Exception:  # not committed: 451 makes the sender retry, so nothing is lost

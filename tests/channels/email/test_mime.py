@@ -297,3 +297,26 @@ def test_mime_shaped_garbage_never_crashes(lines: list[bytes]) -> None:
         assert str(e)
     else:
         parsed.to_events()
+
+
+def test_mail_from_the_null_sender_is_never_a_conversation_nor_a_bounce_unless_it_reports_one() -> None:
+    # A vacation notice sent from <> (as RFC 3834 recommends) answering our message: no event, and
+    # above all not a failure of the message it answers.
+    vacation = mail("I am away until Monday.", In_Reply_To="<parley.7.abc@parley.test>")
+    parsed = parse_email(vacation, envelope_sender="<>")
+    assert parsed.bounce is None and parsed.machine_report
+    assert parsed.to_events() == []
+    assert parse_email(vacation, envelope_sender="ann@example.com").to_events() != []
+
+
+def test_control_characters_never_reach_the_database() -> None:
+    raw = (
+        b"From: =?utf-8?q?Ann=00_Lee?= <ann@example.com>\r\nSubject: hi\x01there\r\n"
+        b"Message-ID: <a\x00b@example.com>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<p>one\x00two\x1b[31m</p>"
+    )
+    parsed = parse_email(raw)
+    strings = [parsed.from_name or "", parsed.subject, parsed.text, parsed.full_text, parsed.html or ""]
+    assert not any(ch in s for s in strings for ch in "\x00\x01\x1b")
+    assert parsed.text == "onetwo[31m"
+    assert parsed.message_id.endswith("@parley.invalid>")  # the id with a NUL is not an id
