@@ -9,8 +9,9 @@ again next time, and the intake's dedupe on Message-ID makes that harmless: noth
 
 Where the poller got to (UIDVALIDITY and the last UID) is kept in the inbox's settings under
 `imap_state`, written without touching `updated_at` so the cached adapters stay. When that state is
-missing or the server's UIDVALIDITY changed (the folder was recreated), the poller takes every
-UNSEEN message instead; those it already stored are duplicates and are only marked.
+missing or the server's UIDVALIDITY changed (the folder was recreated), the poller takes the UNSEEN
+messages among those in the folder at that moment (a batch per poll), then every new UID, read or
+not; messages it had already stored are duplicates by Message-ID and are only marked.
 
 A message the intake rejects (not an email, too large) is flagged, moved to `failed_folder` when one
 is configured, logged, and never fetched again. A message whose intake keeps failing for another
@@ -55,6 +56,7 @@ MAX_ATTEMPTS = 3
 REJECTED_KEYWORD = "$ParleyRejected"
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
@@ -160,6 +162,9 @@ class ImapState:
     folder: str
     uidvalidity: int
     last_uid: int
+    # Set while working through the mail that was in the folder when polling (re)started, a batch
+    # at a time: of the UIDs up to this one only unseen messages are taken.
+    unseen_until: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> ImapState | None:
@@ -169,7 +174,8 @@ class ImapState:
         folder, uidvalidity, last_uid = raw.get("folder"), raw.get("uidvalidity"), raw.get("last_uid")
         if not isinstance(folder, str) or not isinstance(uidvalidity, int) or not isinstance(last_uid, int):
             return None
-        return cls(folder, uidvalidity, last_uid)
+        unseen_until = raw.get("unseen_until")
+        return cls(folder, uidvalidity, last_uid, unseen_until if isinstance(unseen_until, int) else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +233,7 @@ class StateStore:
                     "folder": state.folder,
                     "uidvalidity": state.uidvalidity,
                     "last_uid": state.last_uid,
+                    "unseen_until": state.unseen_until,
                 }
                 # updated_at is set to what it was: the inbox's configuration did not change, so the
                 # directory keeps its adapters; and the WHERE on it makes this a compare-and-swap
@@ -271,7 +278,11 @@ class ImapSession:
         self._client: aioimaplib.IMAP4 | None = None
 
     async def __aenter__(self) -> ImapSession:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.logout()  # a refused login still holds a connection
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -340,14 +351,19 @@ class ImapSession:
             raise ImapError(f"{what} answered {response.result}: {_text(response.lines)}")
         return response
 
-    async def select(self, folder: str) -> int:
-        """Select the folder; its UIDVALIDITY."""
+    async def select(self, folder: str) -> tuple[int, int | None]:
+        """Select the folder; its UIDVALIDITY and UIDNEXT (when the server says)."""
         response = await self._checked(f"SELECT {folder}", self.client.select(encode_mailbox(folder)))
+        uidvalidity = uidnext = None
         for line in response.lines:
-            match = _UIDVALIDITY.search(bytes(line))
-            if match:
-                return int(match.group(1))
-        raise ImapError(f"SELECT {folder} did not report UIDVALIDITY")
+            if isinstance(line, bytes | bytearray):
+                if match := _UIDVALIDITY.search(bytes(line)):
+                    uidvalidity = int(match.group(1))
+                if match := _UIDNEXT.search(bytes(line)):
+                    uidnext = int(match.group(1))
+        if uidvalidity is None:
+            raise ImapError(f"SELECT {folder} did not report UIDVALIDITY")
+        return uidvalidity, uidnext
 
     async def search(self, *criteria: str) -> list[int]:
         response = await self._checked("UID SEARCH", self.client.uid_search(*criteria, charset=None))
@@ -442,27 +458,39 @@ class ImapPoller:
         config = self.config
         result = PollResult()
         async with ImapSession(config) as session:
-            uidvalidity = await session.select(config.folder)
-            state = await self.state.load()
+            uidvalidity, uidnext = await session.select(config.folder)
             result.uidvalidity = uidvalidity
-            if state is not None and state.folder == config.folder and state.uidvalidity == uidvalidity:
-                last_uid = state.last_uid
-                uids = [uid for uid in await session.search("UID", f"{last_uid + 1}:*") if uid > last_uid]
-            else:
+            state = await self.state.load()
+            if state is None or state.folder != config.folder or state.uidvalidity != uidvalidity:
                 if state is not None:
                     logger.info(
-                        "%s: %s UIDVALIDITY is %s (was %s in %s): taking every unseen message",
+                        "%s: %s UIDVALIDITY is %s (was %s in %s): taking its unseen mail",
                         self.name,
                         config.folder,
                         uidvalidity,
                         state.uidvalidity,
                         state.folder,
                     )
-                last_uid = 0
-                uids = await session.search("UNSEEN")
-            uids = uids[:BATCH_SIZE]
-            sizes = await session.sizes(uids) if uids else {}
-            for uid in uids:
+                # What is in the folder now is taken if unseen; what arrives later, read or not.
+                until = uidnext - 1 if uidnext is not None else max(await session.search("ALL"), default=0)
+                state = ImapState(config.folder, uidvalidity, 0, until)
+                stored = None
+            else:
+                stored = state
+            last_uid, horizon = state.last_uid, state.unseen_until
+            if horizon is not None:
+                # IMAP ranges are unordered (5:3 is 3:5): search only while there is a range.
+                found = (
+                    await session.search("UNSEEN", "UID", f"{last_uid + 1}:{horizon}")
+                    if last_uid < horizon
+                    else []
+                )
+                uids = [uid for uid in found if last_uid < uid <= horizon]
+            else:
+                uids = [uid for uid in await session.search("UID", f"{last_uid + 1}:*") if uid > last_uid]
+            batch = uids[:BATCH_SIZE]
+            sizes = await session.sizes(batch) if batch else {}
+            for uid in batch:
                 outcome = await self._take(session, uidvalidity, uid, sizes.get(uid))
                 if outcome is None:
                     break  # transient failure: this and later messages wait for the next poll
@@ -478,7 +506,15 @@ class ImapPoller:
                     else:
                         await session.mark_seen(uid)
                 last_uid = max(last_uid, uid)
-                await self.state.save(ImapState(config.folder, uidvalidity, last_uid))
+                stored = ImapState(config.folder, uidvalidity, last_uid, horizon)
+                await self.state.save(stored)
+            else:
+                if horizon is not None and len(uids) <= BATCH_SIZE:
+                    # The unseen mail that was there is all taken: from now on, every new UID.
+                    last_uid, horizon = max(last_uid, horizon), None
+                final = ImapState(config.folder, uidvalidity, last_uid, horizon)
+                if final != stored:
+                    await self.state.save(final)
             result.last_uid = last_uid
         return result
 

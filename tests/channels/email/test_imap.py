@@ -48,8 +48,8 @@ class Mailbox:
         self.imap = imaplib.IMAP4(account.host, account.server.imap_port)
         self.imap.login(account.username, account.password)
 
-    def append(self, raw: bytes, folder: str = "INBOX") -> None:
-        status, _ = self.imap.append(encode_mailbox(folder), None, None, raw)
+    def append(self, raw: bytes, folder: str = "INBOX", *, seen: bool = False) -> None:
+        status, _ = self.imap.append(encode_mailbox(folder), r"(\Seen)" if seen else None, None, raw)
         assert status == "OK"
 
     def messages(self, folder: str = "INBOX") -> list[tuple[str, set[str]]]:
@@ -170,6 +170,28 @@ async def test_the_place_in_the_folder_is_kept_in_the_database(
     mailbox.append(email(3))
     await poller(imap_account, db, inbox_id, fresh).poll_once()
     assert fresh.subjects() == ["Question 3"]
+
+
+async def test_a_mailbox_is_taken_from_its_unseen_mail_in_batches_then_everything_new(
+    db: Database, imap_account: ImapAccount, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("channels.email.imap.BATCH_SIZE", 2)
+    inbox_id = await email_inbox(db)
+    intake = RecordingIntake()
+    imap = poller(imap_account, db, inbox_id, intake)
+    mailbox.append(email(1), seen=True)  # read long ago, before Parley polled this mailbox
+    for n in (2, 3, 4):
+        mailbox.append(email(n))
+    mailbox.append(email(5), seen=True)
+
+    assert (await imap.poll_once()).accepted == 2
+    assert (await imap.poll_once()).accepted == 1
+    assert intake.subjects() == ["Question 2", "Question 3", "Question 4"]
+    assert (await imap.poll_once()).accepted == 0  # the old read mail stays out
+
+    mailbox.append(email(6), seen=True)  # new mail a colleague read in their own client meanwhile
+    assert (await imap.poll_once()).accepted == 1
+    assert intake.subjects()[-1] == "Question 6"
 
 
 async def test_a_recreated_folder_has_a_new_uidvalidity_and_is_taken_from_its_unseen_mail(
