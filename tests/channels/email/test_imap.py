@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
+import aioimaplib
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -229,6 +230,24 @@ async def test_stored_mail_is_moved_to_the_processed_folder_created_on_first_use
     assert mailbox.messages("INBOX") == []
     assert [subject for subject, _ in mailbox.messages(folder)] == ["Question 1", "Question 2"]
     assert encode_mailbox(folder).strip('"') in mailbox.folders()
+
+
+async def test_a_server_without_move_gets_copy_and_expunge(
+    db: Database, imap_account: ImapAccount, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = aioimaplib.IMAP4.has_capability
+    monkeypatch.setattr(
+        aioimaplib.IMAP4, "has_capability", lambda self, name: name != "MOVE" and real(self, name)
+    )
+    inbox_id = await email_inbox(db)
+    imap = poller(imap_account, db, inbox_id, RecordingIntake(), processed_folder="Done")
+    mailbox.append(email(1))
+    mailbox.append(email(2))
+
+    assert (await imap.poll_once()).accepted == 2
+
+    assert mailbox.messages("INBOX") == []  # copied, flagged \Deleted and expunged
+    assert [subject for subject, _ in mailbox.messages("Done")] == ["Question 1", "Question 2"]
 
 
 async def test_a_rejected_message_is_flagged_moved_aside_and_never_retried(
