@@ -6,16 +6,19 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, select
 
+from gateway.app import create_app
 from gateway.email_intake import EmailIntake
-from gateway.imap_polling import ImapPollers
+from gateway.imap_polling import ImapPollers, imap_context
 from inbox.models import Conversation, Inbox, Message
 from inbox.runtime import InboxDirectory
 from parley.crypto import SecretBox
@@ -210,3 +213,31 @@ async def test_parley_imap_once_polls_every_mailbox_and_exits(
     assert f"inbox {inbox_id}: 1 stored, 0 rejected" in result.stdout
     async with db.sessionmaker() as session:
         assert (await session.execute(select(Message.body))).scalars().all() == ["Where is order 7?"]
+
+
+async def test_the_gateway_polls_too_when_served_with_imap(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    db: Database,
+    settings: Settings,
+    imap_account: ImapAccount,
+    mailbox: Mailbox,
+) -> None:
+    tenant = await make_tenant(db, "acme")
+    await make_email_inbox(
+        db,
+        tenant.tenant_id,
+        settings={"imap": imap_account.settings()},
+        secrets={"imap_password": imap_account.password},
+    )
+    mailbox.append(mail("<a1@example.com>", "Order 7", "Where is order 7?"))
+    app = create_app(settings)
+    app.cleanup_ctx.append(imap_context(rescan=0.2))  # what `parley serve --imap` adds
+
+    client = await aiohttp_client(app)
+
+    async def stored() -> bool:
+        async with db.sessionmaker() as session:
+            return (await session.execute(select(Message.body))).scalars().all() == ["Where is order 7?"]
+
+    await eventually(stored)
+    await client.close()
