@@ -201,6 +201,9 @@ class Capabilities:
     # Replies name the messages they answer (email): delivery fills in the outbound message's
     # subject, in_reply_to and references.
     threads_by_reference: bool = False
+    # The channel sends files' bytes itself (email attaches them): delivery reads attachments
+    # kept in the media store into `Attachment.data` instead of leaving the channel a URL.
+    inline_attachments: bool = False
 
 
 class ChannelError(Exception):

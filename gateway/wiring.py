@@ -9,6 +9,7 @@ from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.settings import Settings
 
@@ -29,7 +30,8 @@ def build_subscribers(
     settings: Settings, db: Database, directory: InboxDirectory
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
-    delivery = OutboundDelivery(db, directory, lambda: settings.public_url)
+    media = MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
+    delivery = OutboundDelivery(db, directory, lambda: settings.public_url, media=media)
     return {OUTBOUND_TOPIC: [delivery.deliver], EARLY_STATUS_TOPIC: [delivery.apply_early_status]}
 
 

@@ -25,6 +25,7 @@ from inbox.models import Conversation, Message, MessageStatus
 from inbox.runtime import InboxDirectory
 from inbox.service import apply_delivery_status, numbered_options
 from parley.db import Database
+from parley.media import MediaStore
 from parley.metrics import MESSAGES_SENT
 from parley.outbox import Event, RetryLater, emit
 
@@ -44,8 +45,10 @@ class OutboundDelivery:
         *,
         max_attempts: int = 8,
         early_status_attempts: int = 6,
+        media: MediaStore | None = None,
     ) -> None:
         self.db = db
+        self.media = media
         self.directory = directory
         self.public_url = public_url
         self.max_attempts = max_attempts
@@ -104,13 +107,16 @@ class OutboundDelivery:
             text, buttons = numbered_options(text, buttons), ()
         stored_template = message.extra.get("template")
         thread = await self._thread(message) if inbox.channel.capabilities.threads_by_reference else {}
+        attachments = tuple(
+            Attachment(a["url"], a.get("content_type"), a.get("filename")) for a in message.attachments
+        )
+        if inbox.channel.capabilities.inline_attachments:
+            attachments = await self._with_data(attachments)
         outbound = OutboundMessage(
             message_id=message.id,
             recipient=Address(row.kind, row.address),
             text=text,
-            attachments=tuple(
-                Attachment(a["url"], a.get("content_type"), a.get("filename")) for a in message.attachments
-            ),
+            attachments=attachments,
             status_callback_url=f"{base}/webhooks/{message.inbox_id}/status" if base else None,
             buttons=buttons,
             thread_key=row.thread_key,
@@ -155,6 +161,31 @@ class OutboundDelivery:
             emit_update=True,
         )
         MESSAGES_SENT.labels(channel=inbox.channel_name, outcome="sent").inc()
+
+    async def _with_data(self, attachments: tuple[Attachment, ...]) -> tuple[Attachment, ...]:
+        """Attachments in the media store with their bytes (others stay URLs for the channel to fetch)."""
+        loaded = []
+        for attachment in attachments:
+            key = self.media.key_of(attachment.url) if self.media is not None else None
+            if self.media is None or key is None:
+                loaded.append(attachment)
+                continue
+            try:
+                data = await self.media.read(key)
+                meta = await self.media.describe(key)
+            except FileNotFoundError:
+                loaded.append(attachment)  # the channel's fetch reports it gone
+                continue
+            loaded.append(
+                Attachment(
+                    attachment.url,
+                    attachment.content_type or meta.get("content_type"),
+                    attachment.filename or meta.get("filename"),
+                    len(data),
+                    data=data,
+                )
+            )
+        return tuple(loaded)
 
     async def _thread(self, message: Message) -> dict[str, Any]:
         """Email's threading: the conversation's subject, the customer's last message, the chain before it."""

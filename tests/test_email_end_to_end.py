@@ -15,6 +15,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select, update
 
+from channels.base import Attachment
 from crm_core.models import Contact
 from gateway.app import create_app
 from gateway.email_intake import EmailIntake, accept_email, smtp_context
@@ -353,3 +354,31 @@ async def test_mail_lands_in_the_inbox_of_the_tenant_owning_the_address(
     # Mail for an address nobody has is refused at RCPT time.
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         await mail.send(customer_mail(to="nobody@parley.test"), to="nobody@parley.test")
+
+
+async def test_an_agent_reply_carries_files_from_the_media_store(mail: Mail) -> None:
+    await mail.send(customer_mail())
+    [conversation] = await mail.rows(Conversation)
+    stored = await mail.client.app[MEDIA].put(
+        mail.tenant.tenant_id, b"%PDF-1.4 label", filename="label.pdf", content_type="application/pdf"
+    )
+    async with mail.db.transaction() as session:
+        row = (
+            await session.execute(select(Conversation).where(Conversation.id == conversation.id))
+        ).scalar_one()
+        await queue_outbound(
+            session,
+            row,
+            body="Your return label.",
+            sender_type="user",
+            sender_id=mail.tenant.user_id,
+            attachments=[Attachment(stored.url, stored.content_type)],
+        )
+    mail.client.app[NOTIFIER].notify()
+    message = (await mail.sent(1))[0].message
+    [part] = list(message.iter_attachments())
+    assert (part.get_filename(), part.get_content_type(), part.get_content()) == (
+        "label.pdf",
+        "application/pdf",
+        b"%PDF-1.4 label",
+    )

@@ -66,7 +66,7 @@ class Email(Channel):
     name = "email"
     identity_kind = "email"
     consent_channel = "email"
-    capabilities = Capabilities(media=True, threads_by_reference=True)
+    capabilities = Capabilities(media=True, threads_by_reference=True, inline_attachments=True)
     max_webhook_bytes = providers.DEFAULT_MAX_WEBHOOK_BYTES
 
     def __init__(
@@ -307,13 +307,18 @@ def _refusal(e: aiosmtplib.SMTPResponseException | None, what: str) -> Exception
 
 
 async def _fetch_attachments(attachments: Sequence[Attachment]) -> list[tuple[Attachment, bytes]]:
-    """The bytes of each attachment, from the media store's URL (or any URL an agent gave)."""
+    """The bytes of each attachment: read from the media store by delivery, else fetched from its URL."""
     if not attachments:
         return []
     fetched: list[tuple[Attachment, bytes]] = []
+    if all(a.data is not None for a in attachments):
+        return [(a, a.data) for a in attachments if a.data is not None]
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for attachment in attachments:
+            if attachment.data is not None:
+                fetched.append((attachment, attachment.data))
+                continue
             try:
                 async with session.get(attachment.url) as response:
                     if response.status >= 500:
