@@ -57,6 +57,7 @@ SMTP_PASSWORD_SECRET = "smtp_password"  # noqa: S105
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 # `support+c12-3q4w5e6r7t8y9u0i@example.com`: conversation 12, and 80 bits of HMAC.
 _TOKEN = re.compile(r"^[^@+]+\+c(\d{1,18})-([a-z2-7]{16})@", re.IGNORECASE)
+_MIME_TYPE = re.compile(r"(application|audio|font|image|model|text|video)/[a-z0-9][a-z0-9.+-]{0,100}")
 _RE_PREFIX = re.compile(r"^\s*((re|aw|sv|antw|réf|ref|fw|fwd|wg|tr)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 
 
@@ -249,13 +250,12 @@ class Email(Channel):
         mail.set_content(message.text)
         mail.add_alternative(_html_body(message.text), subtype="html")
         for attachment, data in attachments:
-            maintype, _, subtype = (attachment.content_type or "application/octet-stream").partition("/")
-            mail.add_attachment(
-                data,
-                maintype=maintype or "application",
-                subtype=subtype or "octet-stream",
-                filename=attachment.filename or "attachment",
-            )
+            content_type = (attachment.content_type or "").split(";", 1)[0].strip().lower()
+            if not _MIME_TYPE.fullmatch(content_type):
+                content_type = "application/octet-stream"
+            maintype, _, subtype = content_type.partition("/")
+            filename = " ".join((attachment.filename or "attachment").split()) or "attachment"
+            mail.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename)
         return mail
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
@@ -264,7 +264,10 @@ class Email(Channel):
             raise PermanentDeliveryError(
                 "the inbox has no outgoing SMTP server (settings.smtp)", code="no_smtp"
             )
-        mail = self.build(message, await _fetch_attachments(message.attachments))
+        try:
+            mail = self.build(message, await _fetch_attachments(message.attachments))
+        except ValueError as e:  # a header the email library refuses: retrying cannot help
+            raise PermanentDeliveryError(f"the email cannot be built: {e}", code="invalid_email") from e
         security = self.smtp["security"]
         try:
             errors, _ = await aiosmtplib.send(

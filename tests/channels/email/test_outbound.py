@@ -140,6 +140,11 @@ async def test_attachments_are_fetched_and_attached(smarthost: Smarthost, file_s
         "application/pdf",
         b"%PDF-1.4 invoice",
     )
+    odd = Attachment(f"{file_server}/media/x", 'image/png; name="x"\r\nBcc: evil@x', "a\r\nb.png")
+    await email_channel.send(reply(attachments=(odd,)))
+    [odd_part] = list(smarthost.received[1].message.iter_attachments())
+    assert (odd_part.get_content_type(), odd_part.get_filename()) == ("image/png", "a b.png")
+    assert smarthost.received[1].rcpt_tos == ["ann@example.com"]
     with pytest.raises(PermanentDeliveryError, match="404"):
         await email_channel.send(reply(attachments=(Attachment(f"{file_server}/media/gone"),)))
 
