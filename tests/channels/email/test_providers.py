@@ -22,6 +22,7 @@ from sqlalchemy import select
 from urllib3 import encode_multipart_formdata
 
 from channels.base import ConfigurationError, MalformedPayload, SignatureError, WebhookRequest
+from channels.email.channel import Email
 from channels.email.providers import (
     DEFAULT_MAX_WEBHOOK_BYTES,
     MAX_AGE,
@@ -34,10 +35,12 @@ from channels.email.providers import (
 from gateway.app import create_app
 from gateway.webhooks import MAX_WEBHOOK_BYTES
 from inbox.models import Conversation, Message
+from inbox.runtime import InboxDirectory
+from parley.crypto import SecretBox
 from parley.db import Database
 from parley.settings import Settings
 from tests.channels.email.conftest import make_email_inbox
-from tests.conftest import make_tenant
+from tests.conftest import SECRET_KEY, make_tenant
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "email"
 SENDGRID_TOKEN = "sg-" + "s3cret" * 4
@@ -397,3 +400,41 @@ async def test_email_webhooks_take_messages_bigger_than_the_default_webhook_limi
 
     too_big = sendgrid(email=b"X" * (DEFAULT_MAX_WEBHOOK_BYTES + 1))
     assert (await gateway.post(too_big))[0] == 413
+
+
+def ann(message_id: str, subject: str, text: str, *, in_reply_to: str | None = None) -> bytes:
+    threading = f"In-Reply-To: {in_reply_to}\r\nReferences: {in_reply_to}\r\n" if in_reply_to else ""
+    return (
+        f"Message-ID: {message_id}\r\n{threading}From: Ann <ann@example.com>\r\n"
+        f"To: support@parley.test\r\nSubject: {subject}\r\n\r\n{text}\r\n"
+    ).encode()
+
+
+async def test_a_reply_posted_by_a_provider_joins_its_thread_by_references(gateway: Gateway) -> None:
+    first = ann("<q1@example.com>", "Order 7", "Where is it?")
+    reply = ann("<q2@example.com>", "Re: Order 7", "Any news?", in_reply_to="<q1@example.com>")
+    assert (await gateway.post(sendgrid(email=first)))[0] == 200
+    assert (await gateway.post(mailgun(raw=reply)))[0] == 200
+    [conversation] = await gateway.conversations()
+    assert [m.conversation_id for m in await gateway.messages()] == [conversation.id] * 2
+
+
+async def test_the_envelope_recipient_carries_a_reply_token_past_a_client_that_drops_headers(
+    gateway: Gateway,
+) -> None:
+    first = ann("<q1@example.com>", "Order 7", "Where is it?")
+    assert (await gateway.post(sendgrid(email=first)))[0] == 200
+    [conversation] = await gateway.conversations()
+    directory = InboxDirectory(gateway.db, SecretBox(SECRET_KEY))
+    inbox = await directory.get(gateway.inbox_id)
+    assert inbox is not None and isinstance(inbox.channel, Email)
+    token_address = inbox.channel.reply_address(conversation.id)
+    await directory.close()
+    assert token_address is not None
+
+    # No In-Reply-To, no References, a new subject, and the token only in SendGrid's envelope.
+    bare = ann("<q9@example.com>", "hello", "Still waiting.")
+    envelope = json.dumps({"to": [token_address], "from": "ann@example.com"})
+    assert (await gateway.post(sendgrid(email=bare, envelope=envelope)))[0] == 200
+    assert len(await gateway.conversations()) == 1
+    assert [m.conversation_id for m in await gateway.messages()] == [conversation.id] * 2
