@@ -17,6 +17,9 @@ from urllib.parse import urlencode
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from multidict import MultiDict, MultiDictProxy
 from sqlalchemy import select
 from urllib3 import encode_multipart_formdata
@@ -438,3 +441,43 @@ async def test_the_envelope_recipient_carries_a_reply_token_past_a_client_that_d
     assert (await gateway.post(sendgrid(email=bare, envelope=envelope)))[0] == 200
     assert len(await gateway.conversations()) == 1
     assert [m.conversation_id for m in await gateway.messages()] == [conversation.id] * 2
+
+
+@hypothesis_settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.binary(max_size=600) | st.builds(lambda b: b"--abc\r\n" + b, st.binary(max_size=400)),
+    content_type=st.sampled_from(
+        [
+            "multipart/form-data; boundary=abc",
+            'multipart/form-data; boundary="a b"',
+            "multipart/form-data",
+            "application/x-www-form-urlencoded",
+            "application/x-www-form-urlencoded; charset=latin-1",
+            "text/plain",
+            "",
+        ]
+    ),
+    route=st.sampled_from(["sendgrid", "mailgun-mime", "mailgun"]),
+)
+def test_any_body_is_read_or_refused_with_a_reason_never_a_crash(
+    body: bytes, content_type: str, route: str
+) -> None:
+    request = WebhookRequest(
+        "POST",
+        f"https://x/webhooks/1/{route}",
+        route,
+        {"Content-Type": content_type},
+        body,
+        query=MultiDictProxy(MultiDict({"token": SENDGRID_TOKEN})),
+    )
+    try:
+        verify_webhook(request, {}, SECRETS)
+    except SignatureError:
+        return
+    try:
+        raw_mime(request)
+        envelope_recipients(request)
+    except MalformedPayload:
+        pass
