@@ -134,7 +134,10 @@ async def accept_email(
     IMAP leaves it unseen) so that it is delivered again.
     """
     try:
-        parsed = parse_email(raw, envelope_recipients=envelope_recipients, envelope_sender=envelope_sender)
+        # In a thread: a large message takes a while to parse, and the gateway's loop must not wait.
+        parsed = await asyncio.to_thread(
+            parse_email, raw, envelope_recipients=envelope_recipients, envelope_sender=envelope_sender
+        )
     except MalformedPayload as e:
         logger.warning("rejected an email of %s bytes: %s", len(raw), e)
         return IntakeOutcome("rejected", str(e), inbox.id if inbox else None)

@@ -12,17 +12,20 @@ afford, so the split here is linear in the body's length.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email
 import email.policy
 import email.utils
 import hashlib
 import logging
 import mimetypes
+import quopri
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import EmailMessage, Message
+from email.message import Message
 from html.parser import HTMLParser
 from typing import Any
 
@@ -231,8 +234,7 @@ def _starts_with_header(raw: bytes) -> bool:
 
 
 def _parse(raw: bytes, envelope_recipients: Sequence[str], envelope_sender: str | None) -> ParsedEmail:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
 
     from_name, from_address = _first_address(msg, "From")
     if from_address is None:
@@ -299,28 +301,22 @@ def _parse(raw: bytes, envelope_recipients: Sequence[str], envelope_sender: str 
     )
 
 
-# Headers, read defensively: the stdlib's structured headers raise on some malformed values.
+# Headers, read from their raw text. The stdlib's structured headers (policy.default) take
+# seconds on a few hundred kilobytes of crafted encoded-words, addresses or parameters (their
+# parser is superlinear), so the message is parsed with compat32 and headers are decoded here:
+# RFC 2047 encoded-words one by one, addresses from the raw text so that an encoded-word can never
+# become an address.
+
+
+def _raw_values(msg: Message, name: str) -> list[str]:
+    lowered = name.lower()
+    return [_repair(str(value)) for key, value in msg.raw_items() if key.lower() == lowered]
 
 
 def _header(msg: Message, name: str) -> str | None:
-    try:
-        value = msg.get(name)
-    except Exception:  # a header the structured parser chokes on: fall back to its raw text
-        value = _raw_header(msg, name)
-    if value is None:
-        return None
-    return _repair(str(value))
-
-
-def _raw_header(msg: Message, name: str) -> str | None:
-    for key, value in msg.raw_items():
-        if key.lower() == name.lower():
-            try:
-                parts = email.header.decode_header(str(value))
-                return str(email.header.make_header(parts))
-            except Exception:  # undecodable encoded-words: the raw text
-                return str(value)
-    return None
+    """The first `name` header, decoded (encoded-words, raw 8-bit bytes), or None."""
+    values = _raw_values(msg, name)
+    return decode_words(values[0]) if values else None
 
 
 def _repair(value: str) -> str:
@@ -332,6 +328,43 @@ def _repair(value: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("cp1252", "replace")
+
+
+# An RFC 2047 encoded-word (with RFC 2231's optional `*language`), and the space between two of them,
+# which is not part of the text (RFC 2047 6.2).
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]{1,40})(?:\*[^?\s]{0,20})?\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"(?<=\?=)[ \t\r\n]+(?==\?)")
+
+
+def decode_words(value: str) -> str:
+    """A header's text with its encoded-words decoded, each in its charset (unknown ones as UTF-8)."""
+    if "=?" not in value:
+        return value
+    return _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub("", value))
+
+
+def _decode_word(match: re.Match[str]) -> str:
+    charset, encoding, text = match.groups()
+    try:
+        if encoding in "bB":
+            data = base64.b64decode(text + "=" * (-len(text) % 4))
+        else:
+            data = quopri.decodestring(text.replace("_", " ").encode("ascii", "replace"), header=True)
+    except (binascii.Error, ValueError):
+        return match.group(0)
+    return _bytes_to_text(data, charset)
+
+
+def _bytes_to_text(data: bytes, charset: str | None) -> str:
+    """Bytes in their declared charset, else UTF-8, else Windows-1252 (which decodes anything)."""
+    for candidate in (charset, "utf-8"):
+        if not candidate:
+            continue
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("cp1252", "replace")
 
 
 def _single_line(value: str) -> str:
@@ -356,55 +389,38 @@ def _normalise_address(value: str) -> str | None:
     return value.lower()
 
 
+def _quoted_word(match: re.Match[str]) -> str:
+    # An encoded-word in an address header becomes a quoted string before the addresses are read:
+    # decoded, it may hold line breaks, colons or addresses ("=?UTF-8?Q?Eve=0D=0ABcc:_x@evil?=
+    # <eve@...>"), which must stay part of the display name, never be read as the address.
+    return '"' + match.group(0).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _address_list(value: str | None) -> list[tuple[str | None, str]]:
     if not value:
         return []
     try:
-        pairs = email.utils.getaddresses([value])
+        pairs = email.utils.getaddresses([_ENCODED_WORD.sub(_quoted_word, value)])
     except Exception:  # an address list the parser cannot read
         return []
     found: list[tuple[str | None, str]] = []
     for name, address in pairs:
         normalised = _normalise_address(address)
         if normalised is not None:
-            found.append((_single_line(_repair(name)) or None, normalised))
+            found.append((_single_line(decode_words(name)) or None, normalised))
     return found
 
 
 def _first_address(msg: Message, name: str) -> tuple[str | None, str | None]:
-    try:
-        value = msg.get(name)
-    except Exception:  # the structured parser refused it: read the raw text, names kept apart
-        raw = next((str(v) for k, v in msg.raw_items() if k.lower() == name.lower()), None)
-        value = _ENCODED_WORD.sub(_quoted_word, raw) if raw is not None else None
-    found = _address_list(_repair(str(value))) if value is not None else []
+    values = _raw_values(msg, name)
+    found = _address_list(values[0]) if values else []
     return found[0] if found else (None, None)
-
-
-# An RFC 2047 encoded-word. In a raw address header each is decoded into a quoted string: decoded
-# text may hold line breaks, colons or addresses ("=?UTF-8?Q?Eve=0D=0ABcc:_x@evil?= <eve@...>"),
-# which must stay part of the display name instead of being read as the address.
-_ENCODED_WORD = re.compile(r"=\?[^?\s]{1,40}\?[bBqQ]\?[^?\s]*\?=")
-
-
-def _quoted_word(match: re.Match[str]) -> str:
-    try:
-        text = str(email.header.make_header(email.header.decode_header(match.group(0))))
-    except Exception:  # an undecodable encoded-word stays as it was, quoted
-        text = match.group(0)
-    return '"' + _single_line(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _addresses(msg: Message, name: str) -> tuple[str, ...]:
     values: list[str] = []
-    try:
-        raw_values = msg.get_all(name) or []
-    except Exception:  # a header the structured parser chokes on
-        raw_values = [
-            _ENCODED_WORD.sub(_quoted_word, str(v)) for k, v in msg.raw_items() if k.lower() == name.lower()
-        ]
-    for raw_value in raw_values:
-        for _, address in _address_list(_repair(str(raw_value))):
+    for raw_value in _raw_values(msg, name):
+        for _, address in _address_list(raw_value):
             if address not in values:
                 values.append(address)
     return tuple(values)
@@ -509,6 +525,8 @@ def _walk(part: Message, body: _Body, *, depth: int) -> None:
 def _param(part: Message, name: str) -> str:
     try:
         value = part.get_param(name)
+        if isinstance(value, tuple):  # an RFC 2231 parameter
+            value = email.utils.collapse_rfc2231_value(value)
     except Exception:  # an unreadable Content-Type
         return ""
     return value if isinstance(value, str) else ""
@@ -570,7 +588,7 @@ def _filename(part: Message) -> str | None:
         name = None
     if not name:
         return None
-    name = _single_line(_repair(str(name)))
+    name = _single_line(decode_words(_repair(str(name))))
     name = re.split(r"[\\/]", name)[-1].strip().lstrip(".")
     return name[:200] or None
 
