@@ -17,22 +17,72 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from channels.base import ConfigurationError
-from channels.email.imap import Accepted, ImapConfig, ImapPoller, Intake, PollResult, Rejected, StateStore
+from channels.email.imap import (
+    STATE_KEY,
+    Accepted,
+    ImapConfig,
+    ImapPoller,
+    ImapState,
+    Intake,
+    PollResult,
+    Rejected,
+)
 from gateway.email_intake import EmailIntake, accept_email
 from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER
 from gateway.notify import CeleryNotifier, Notifier
 from gateway.wiring import build_runtime
 from inbox.models import Inbox
 from inbox.runtime import InboxDirectory
+from parley.db import Database
 from parley.media import MediaStore
 from parley.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 EMAIL_CHANNEL = "email"
+
+
+class InboxStateStore:
+    """The poller's place in the folder, kept in the inbox's settings under `imap_state`."""
+
+    def __init__(self, db: Database, inbox_id: int) -> None:
+        self.db = db
+        self.inbox_id = inbox_id
+
+    async def load(self) -> ImapState | None:
+        async with self.db.sessionmaker() as session:
+            settings = (
+                await session.execute(select(Inbox.settings).where(Inbox.id == self.inbox_id))
+            ).scalar_one_or_none()
+        return None if settings is None else ImapState.from_settings(settings)
+
+    async def save(self, state: ImapState) -> None:
+        """Merge the state into the settings: only if nobody changed them meanwhile, else re-read."""
+        for _ in range(5):
+            async with self.db.transaction() as session:
+                row = (
+                    await session.execute(
+                        select(Inbox.settings, Inbox.updated_at).where(Inbox.id == self.inbox_id)
+                    )
+                ).one_or_none()
+                if row is None:
+                    return
+                settings = dict(row.settings)
+                settings[STATE_KEY] = state.to_settings()
+                # updated_at is set to what it was: the inbox's configuration did not change, so the
+                # directory keeps its adapters; and the WHERE on it makes this a compare-and-swap
+                # against an administrator's concurrent edit.
+                changed = await session.execute(
+                    update(Inbox)
+                    .where(Inbox.id == self.inbox_id, Inbox.updated_at == row.updated_at)
+                    .values(settings=settings, updated_at=row.updated_at)
+                )
+                if changed.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult for UPDATE
+                    return
+        logger.warning("inbox %s: could not record the IMAP state; it is re-read next poll", self.inbox_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +126,7 @@ class ImapPollers:
         return ImapPoller(
             config,
             self.intake_for(inbox_id),
-            StateStore(self.intake.db, inbox_id),
+            InboxStateStore(self.intake.db, inbox_id),
             name=f"inbox {inbox_id} ({config.username}@{config.host}/{config.folder})",
         )
 

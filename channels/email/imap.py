@@ -7,8 +7,8 @@ it is stored), hands the raw bytes to the intake, and only then marks it \\Seen 
 processed folder, and records the UID. A crash anywhere in between means the message is fetched
 again next time, and the intake's dedupe on Message-ID makes that harmless: nothing is lost.
 
-Where the poller got to (UIDVALIDITY and the last UID) is kept in the inbox's settings under
-`imap_state`, written without touching `updated_at` so the cached adapters stay. When that state is
+Where the poller got to (UIDVALIDITY and the last UID) is kept by a `StateStore`: the gateway's
+keeps it in the inbox's settings under `imap_state` (`gateway.imap_polling`). When that state is
 missing or the server's UIDVALIDITY changed (the folder was recreated), the poller takes the UNSEEN
 messages among those in the folder at that moment (a batch per poll), then every new UID, read or
 not; messages it had already stored are duplicates by Message-ID and are only marked.
@@ -29,16 +29,13 @@ import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aioimaplib
-from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from channels.base import ConfigurationError, MalformedPayload
 from channels.common import optional_str, required_str
-from inbox.models import Inbox
-from parley.db import Database
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +174,15 @@ class ImapState:
         unseen_until = raw.get("unseen_until")
         return cls(folder, uidvalidity, last_uid, unseen_until if isinstance(unseen_until, int) else None)
 
+    def to_settings(self) -> dict[str, Any]:
+        """The state as kept under `STATE_KEY` in the inbox's settings."""
+        return {
+            "folder": self.folder,
+            "uidvalidity": self.uidvalidity,
+            "last_uid": self.last_uid,
+            "unseen_until": self.unseen_until,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
@@ -203,49 +209,12 @@ class PollResult:
     last_uid: int | None = None
 
 
-class StateStore:
-    """The poller's place in the folder, kept in the inbox's settings."""
+class StateStore(Protocol):
+    """Where the poller keeps its place (the gateway keeps it in the inbox's settings)."""
 
-    def __init__(self, db: Database, inbox_id: int) -> None:
-        self.db = db
-        self.inbox_id = inbox_id
+    async def load(self) -> ImapState | None: ...
 
-    async def load(self) -> ImapState | None:
-        async with self.db.sessionmaker() as session:
-            settings = (
-                await session.execute(select(Inbox.settings).where(Inbox.id == self.inbox_id))
-            ).scalar_one_or_none()
-        return None if settings is None else ImapState.from_settings(settings)
-
-    async def save(self, state: ImapState) -> None:
-        """Merge the state into the settings: only if nobody changed them meanwhile, else re-read."""
-        for _ in range(5):
-            async with self.db.transaction() as session:
-                row = (
-                    await session.execute(
-                        select(Inbox.settings, Inbox.updated_at).where(Inbox.id == self.inbox_id)
-                    )
-                ).one_or_none()
-                if row is None:
-                    return
-                settings = dict(row.settings)
-                settings[STATE_KEY] = {
-                    "folder": state.folder,
-                    "uidvalidity": state.uidvalidity,
-                    "last_uid": state.last_uid,
-                    "unseen_until": state.unseen_until,
-                }
-                # updated_at is set to what it was: the inbox's configuration did not change, so the
-                # directory keeps its adapters; and the WHERE on it makes this a compare-and-swap
-                # against an administrator's concurrent edit.
-                changed = await session.execute(
-                    update(Inbox)
-                    .where(Inbox.id == self.inbox_id, Inbox.updated_at == row.updated_at)
-                    .values(settings=settings, updated_at=row.updated_at)
-                )
-                if changed.rowcount == 1:  # type: ignore[attr-defined]  # CursorResult for UPDATE
-                    return
-        logger.warning("inbox %s: could not record the IMAP state; it is re-read next poll", self.inbox_id)
+    async def save(self, state: ImapState) -> None: ...
 
 
 def encode_mailbox(name: str) -> str:

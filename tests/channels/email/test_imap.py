@@ -24,10 +24,10 @@ from channels.email.imap import (
     ImapPoller,
     ImapState,
     Rejected,
-    StateStore,
     clean_imap_settings,
     encode_mailbox,
 )
+from gateway.imap_polling import InboxStateStore
 from inbox.models import Inbox
 from parley.db import Database
 from tests.channels.email.conftest import ImapAccount
@@ -120,7 +120,7 @@ def poller(
         {"imap": account.settings(**settings)}, {"imap_password": account.password}
     )
     assert config is not None
-    return ImapPoller(config, intake, StateStore(db, inbox_id), name=f"inbox {inbox_id}")
+    return ImapPoller(config, intake, InboxStateStore(db, inbox_id), name=f"inbox {inbox_id}")
 
 
 async def test_a_poll_takes_new_mail_once_and_marks_it_seen(
@@ -159,7 +159,7 @@ async def test_the_place_in_the_folder_is_kept_in_the_database(
     mailbox.append(email(2))
     result = await poller(imap_account, db, inbox_id, RecordingIntake()).poll_once()
 
-    state = await StateStore(db, inbox_id).load()
+    state = await InboxStateStore(db, inbox_id).load()
     assert state == ImapState("INBOX", result.uidvalidity or 0, 2)
     async with db.sessionmaker() as session:
         row = (await session.execute(select(Inbox).where(Inbox.id == inbox_id))).scalar_one()
@@ -213,7 +213,7 @@ async def test_a_recreated_folder_has_a_new_uidvalidity_and_is_taken_from_its_un
     assert second.uidvalidity != first.uidvalidity
     assert second.accepted == 1
     assert intake.subjects() == ["Question 1", "Question 2", "Question 5"]
-    assert await StateStore(db, inbox_id).load() == ImapState("Support", second.uidvalidity or 0, 1)
+    assert await InboxStateStore(db, inbox_id).load() == ImapState("Support", second.uidvalidity or 0, 1)
 
 
 async def test_stored_mail_is_moved_to_the_processed_folder_created_on_first_use(
@@ -320,7 +320,7 @@ async def test_a_database_outage_leaves_the_message_for_the_next_poll(
         with pytest.raises(OperationalError):
             await imap.poll_once()
     assert all(r"\Seen" not in flags for _, flags in mailbox.messages())
-    assert await StateStore(db, inbox_id).load() is None
+    assert await InboxStateStore(db, inbox_id).load() is None
 
     intake.answer = Accepted()
     assert (await imap.poll_once()).accepted == 2
@@ -375,7 +375,7 @@ async def test_a_wrong_password_is_an_imap_error_naming_the_login(
 ) -> None:
     config = ImapConfig.from_settings({"imap": imap_account.settings()}, {"imap_password": "wrong"})
     assert config is not None
-    imap = ImapPoller(config, RecordingIntake(), StateStore(db, await email_inbox(db)))
+    imap = ImapPoller(config, RecordingIntake(), InboxStateStore(db, await email_inbox(db)))
     with pytest.raises(ImapError, match=f"login refused for {imap_account.username}"):
         await imap.poll_once()
 
