@@ -26,7 +26,7 @@ from parley.db import Database
 from parley.models import OutboxEvent
 from parley.settings import Settings
 from tests.conftest import TenantAccess, eventually, free_port, make_tenant, message_row
-from tests.support.smtp import Received, Smarthost, make_email_inbox
+from tests.support.smtp import SMTP_PASSWORD, Received, Smarthost, make_email_inbox
 
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
@@ -382,3 +382,36 @@ async def test_an_agent_reply_carries_files_from_the_media_store(mail: Mail) -> 
         "application/pdf",
         b"%PDF-1.4 label",
     )
+
+
+async def test_an_inbox_created_through_the_api_receives_and_replies(mail: Mail) -> None:
+    response = await mail.client.post(
+        "/api/v1/inboxes",
+        headers=mail.tenant.headers,
+        json={
+            "name": "Sales",
+            "channel": "email",
+            "settings": {"addresses": ["Sales@Parley.test"], "smtp": mail.smarthost.settings()},
+            "secrets": {"smtp_password": SMTP_PASSWORD},
+        },
+    )
+    assert response.status == 201, await response.text()
+    inbox = await response.json()
+    assert inbox["settings"]["addresses"] == ["sales@parley.test"]
+    assert inbox["secrets_set"] == ["reply_token_key", "smtp_password"]  # the token key is made for it
+
+    await mail.send(customer_mail(to="sales@parley.test"), to="sales@parley.test")
+    [conversation] = await mail.rows(Conversation)
+    assert conversation.inbox_id == inbox["id"]
+    await mail.reply(conversation.id, "Hello from sales")
+    sent = (await mail.sent(1))[0].message
+    assert sent["From"] == "sales@parley.test"
+    assert sent["Reply-To"].addresses[0].addr_spec.startswith(f"sales+c{conversation.id}-")
+
+    invalid = await mail.client.post(
+        "/api/v1/inboxes",
+        headers=mail.tenant.headers,
+        json={"name": "Bad", "channel": "email", "settings": {"addresses": ["nope"]}, "secrets": {}},
+    )
+    assert invalid.status == 422
+    assert "not an email address" in (await invalid.json())["error"]["message"]
