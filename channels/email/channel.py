@@ -184,10 +184,13 @@ class Email(Channel):
         return self.addresses[0]
 
     def reply_address(self, conversation_id: int) -> str | None:
-        """`local+c<id>-<signature>@domain`: replies to it reach the conversation whatever the client."""
+        """`local+c<id>-<signature>@domain`: replies to it reach the conversation whatever the client.
+
+        Built on the first address the inbox receives for, which `from_address` need not be.
+        """
         if self._reply_key is None:
             return None
-        local, _, domain = self.from_address.partition("@")
+        local, _, domain = self.addresses[0].partition("@")
         return f"{local.split('+', 1)[0]}+c{conversation_id}-{self._signature(conversation_id)}@{domain}"
 
     def token_of(self, parsed: ParsedEmail) -> int | None:

@@ -229,6 +229,17 @@ def test_configuration_is_checked(settings: dict[str, Any], secrets: dict[str, s
         Email.validate_config(settings, secrets)
 
 
+def test_the_reply_token_is_on_an_address_the_inbox_receives_for() -> None:
+    email_channel = Email.from_settings(
+        {"addresses": ["support@in.parley.test"], "from_address": "support@parley.test"},
+        {"reply_token_key": REPLY_TOKEN_KEY},
+    )
+    address = email_channel.reply_address(5)
+    assert address is not None and address.endswith("@in.parley.test")
+    answer = parse_email(b"From: ann@example.com\r\nTo: " + address.encode() + b"\r\n\r\nok\r\n")
+    assert email_channel.token_of(answer) == 5
+
+
 def test_a_new_inbox_gets_a_reply_token_key() -> None:
     _, secrets = Email.validate_config({"addresses": ["a@parley.test"]}, {})
     assert len(secrets["reply_token_key"]) >= 32
