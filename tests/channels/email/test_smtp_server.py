@@ -209,3 +209,18 @@ async def test_parley_smtp_runs_as_its_own_process(tmp_path: Path) -> None:
         output, _ = await asyncio.wait_for(process.communicate(), 20)
         await db.dispose()
     assert process.returncode == 0, output.decode()
+
+
+async def test_lines_longer_than_rfc_5321_allows_are_accepted(server: Server) -> None:
+    # Some clients send HTML in one long line; Postfix takes it, and so does Parley.
+    body = "<p>" + "long line " * 3000 + "</p>"
+    raw = f"From: ann@example.com\r\nSubject: long\r\nContent-Type: text/html\r\n\r\n{body}\r\n".encode()
+
+    def deliver() -> None:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as smtp:
+            smtp.sendmail("ann@example.com", ["support@parley.test"], raw)
+
+    await asyncio.to_thread(deliver)
+    async with server.db.sessionmaker() as session:
+        message = (await session.execute(select(Message))).scalar_one()
+    assert message.body.startswith("long line long line") and len(message.body) > 29_000
