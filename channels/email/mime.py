@@ -475,7 +475,12 @@ def _is_auto_reply(msg: Message, subject: str) -> bool:
 
 
 def _looks_like_bounce(msg: Message, from_address: str) -> bool:
-    if msg.get_content_type() == "multipart/report":
+    # Read receipts (disposition-notification) and spam complaints (feedback-report) are reports
+    # too, but about mail that arrived: only a delivery-status report is a bounce.
+    if msg.get_content_type() == "multipart/report" and _param(msg, "report-type").lower() in (
+        "",
+        "delivery-status",
+    ):
         return True
     return bool(_BOUNCE_SENDER.match(from_address)) and bool(
         re.search(
