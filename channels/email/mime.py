@@ -48,6 +48,8 @@ _AUTO_SUBJECT = re.compile(
     r"^\s*(automatic reply|auto[- ]?reply|autoreply|auto[- ]?response|out of (the )?office( autoreply)?)\s*:",
     re.IGNORECASE,
 )
+# "Message-ID: <id>" at the start of a line of a bounce's text: the returned message's own header.
+_PASTED_MESSAGE_ID = re.compile(r"^message-id:[ \t]*<([^<>\s]{1,998})>", re.IGNORECASE | re.MULTILINE)
 _BOUNCE_SENDER = re.compile(r"^(mailer-daemon|postmaster)@", re.IGNORECASE)
 _ALLOWED_HTML_SCHEMES = {"http", "https", "mailto", "tel", "cid"}
 
@@ -262,10 +264,14 @@ def _parse(raw: bytes, envelope_recipients: Sequence[str], envelope_sender: str 
     bounce = body.dsn
     if bounce is None and _looks_like_bounce(msg, from_address):
         # A bounce without a machine-readable report (old MTAs): its original id from the
-        # quoted headers, or from the threading headers some of them set.
+        # quoted headers, the copy of the message qmail and Exim paste into the text, or the
+        # threading headers some of them set.
         refs = _message_ids(_header(msg, "In-Reply-To")) + _message_ids(_header(msg, "References"))
+        pasted = _PASTED_MESSAGE_ID.findall(full_text[:MAX_SPLIT_CHARS])
         bounce = DsnReport(
-            original_message_id=body.original_message_id or (refs[0] if refs else None),
+            original_message_id=body.original_message_id
+            or (_storable_id(f"<{pasted[-1]}>") if pasted else None)
+            or (refs[0] if refs else None),
             recipient=None,
             action="failed",
             status=None,
