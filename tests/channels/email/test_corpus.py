@@ -180,6 +180,10 @@ EXPECTED: dict[str, Expect] = {
         "stored", "dana@example.com", text=("See order 7",), extra={"subject": "Pretty HTML"}
     ),
     "invalid__nested_too_deep.eml": Expect("rejected", reason="nested more than 30 deep"),
+    "bounce__qmail_failure_notice.eml": Expect(
+        "bounce", bounced="<parley-outbound-10@parley.test>", reason="bounced"
+    ),
+    "message__auto_submitted_no.eml": Expect("stored", "hana@example.com", text=("wants an answer",)),
     # Reports about mail that did arrive, or is only late: our message stays sent.
     "bounce__dsn_delayed.eml": Expect(
         "ignored", bounced="<parley-outbound-7@parley.test>", bounced_status="sent"
