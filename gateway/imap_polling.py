@@ -38,6 +38,7 @@ from inbox.models import Inbox
 from inbox.runtime import InboxDirectory
 from parley.db import Database
 from parley.media import MediaStore
+from parley.metrics import IMAP_MESSAGES
 from parley.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class ImapPollers:
             if inbox is None:
                 raise LookupError(f"inbox {inbox_id} is gone")
             outcome = await accept_email(self.intake, raw, envelope_recipients=(), inbox=inbox)
+            IMAP_MESSAGES.labels(outcome=outcome.status).inc()
             return Rejected(outcome.reason) if outcome.rejected else Accepted()
 
         return take

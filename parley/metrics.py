@@ -8,6 +8,9 @@ WEBHOOKS = Counter(
     "parley_webhooks_total", "Provider webhooks by channel and outcome", ["channel", "outcome"]
 )
 INBOUND_MESSAGES = Counter("parley_inbound_messages_total", "Inbound messages stored", ["channel"])
+IMAP_MESSAGES = Counter(
+    "parley_imap_messages_total", "Messages taken from IMAP mailboxes, by intake outcome", ["outcome"]
+)
 MESSAGES_SENT = Counter(
     "parley_outbound_messages_total", "Outbound send attempts by outcome", ["channel", "outcome"]
 )

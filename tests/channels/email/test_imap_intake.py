@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import delete, select
 
 from gateway.app import create_app
@@ -30,6 +31,7 @@ from tests.channels.email.test_imap import Mailbox
 from tests.conftest import SECRET_KEY, eventually, make_tenant
 
 CORPUS = Path(__file__).parents[2] / "fixtures" / "email"
+OUTCOMES = ("stored", "ignored", "rejected")
 
 
 def mail(
@@ -102,9 +104,16 @@ async def test_polled_mail_opens_threads_replies_join_them_and_machines_open_not
     mailbox.append((CORPUS / "auto_reply__auto_submitted.eml").read_bytes())
     mailbox.append((CORPUS / "invalid__missing_from.eml").read_bytes())
 
+    counted = {
+        o: REGISTRY.get_sample_value("parley_imap_messages_total", {"outcome": o}) or 0 for o in OUTCOMES
+    }
+
     [result] = (await polling.pollers.poll_all_once()).values()
 
     assert not isinstance(result, Exception)
+    for outcome, n in {"stored": 3, "ignored": 1, "rejected": 1}.items():
+        value = REGISTRY.get_sample_value("parley_imap_messages_total", {"outcome": outcome})
+        assert value == counted[outcome] + n, outcome
     assert (result.accepted, result.rejected) == (4, 1)  # the auto-reply is taken in, and ignored
     assert await polling.conversations() == [
         ("<a1@example.com>", ["Where is order 7?", "Any news?"]),
