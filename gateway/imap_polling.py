@@ -115,7 +115,7 @@ class ImapPollers:
                 config = ImapConfig.from_settings(
                     row.settings, self.directory.box.open(row.secrets_encrypted)
                 )
-            except ConfigurationError as e:
+            except (ConfigurationError, ValueError) as e:  # ValueError: secrets that do not decrypt
                 logger.error("inbox %s: IMAP settings unusable, not polling: %s", row.id, e)
                 continue
             if config is not None:
@@ -170,7 +170,9 @@ class ImapPollers:
         for inbox_id, running in list(self._running.items()):
             if wanted.get(inbox_id) != running.config or running.task.done():
                 running.stop.set()
-                await asyncio.gather(running.task, return_exceptions=True)
+                [outcome] = await asyncio.gather(running.task, return_exceptions=True)
+                if isinstance(outcome, Exception):
+                    logger.error("%s: poller stopped: %r", running.poller.name, outcome, exc_info=outcome)
                 del self._running[inbox_id]
         for inbox_id, config in wanted.items():
             if inbox_id not in self._running:

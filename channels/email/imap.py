@@ -384,7 +384,10 @@ class ImapSession:
         try:
             await self._move(uid, mailbox)
         except ImapError as first:
-            created = await self.client.create(mailbox)
+            try:
+                created = await self.client.create(mailbox)
+            except (OSError, TimeoutError, aioimaplib.AioImapException) as e:
+                raise ImapError(f"CREATE {folder} failed: {e!r}") from first
             if created.result != "OK":
                 raise first
             await self._move(uid, mailbox)
@@ -536,12 +539,18 @@ class ImapPoller:
         while not stop.is_set():
             try:
                 result = await self.poll_once()
-            except (ImapError, DBAPIError, OSError, TimeoutError) as e:
+            except Exception as e:  # whatever failed, the mailbox is polled again after a pause
                 failures += 1
                 delay = min(self.max_backoff, self.config.poll_interval * 2 ** min(failures - 1, 10))
                 delay *= random.uniform(0.5, 1.0)
+                expected = isinstance(e, ImapError | DBAPIError | OSError | TimeoutError)
                 logger.warning(
-                    "%s: poll failed (%s in a row), next try in %.0fs: %s", self.name, failures, delay, e
+                    "%s: poll failed (%s in a row), next try in %.0fs: %s",
+                    self.name,
+                    failures,
+                    delay,
+                    e,
+                    exc_info=not expected,  # a traceback only for what is not a server or database outage
                 )
             else:
                 failures = 0

@@ -250,3 +250,27 @@ async def test_the_gateway_polls_too_when_served_with_imap(
 
     await eventually(stored)
     await client.close()
+
+
+async def test_an_inbox_whose_settings_are_unusable_does_not_stop_the_others(
+    polling: Polling, db: Database, imap_account: ImapAccount
+) -> None:
+    async with db.transaction() as session:
+        session.add_all(
+            [
+                Inbox(  # secrets sealed with another PARLEY_SECRET_KEY
+                    tenant_id=polling.tenant_id,
+                    name="Old mail",
+                    channel="email",
+                    settings={"addresses": ["old@parley.test"], "imap": imap_account.settings()},
+                    secrets_encrypted=SecretBox("another key").seal({"imap_password": "x"}),
+                ),
+                Inbox(  # IMAP settings broken outside the API
+                    tenant_id=polling.tenant_id,
+                    name="Broken mail",
+                    channel="email",
+                    settings={"addresses": ["broken@parley.test"], "imap": {"host": "h"}},
+                ),
+            ]
+        )
+    assert list(await polling.pollers.configured()) == [polling.inbox_id]
