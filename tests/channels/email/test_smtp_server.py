@@ -147,10 +147,13 @@ async def test_bytes_that_are_not_an_email_are_refused_with_the_reason(server: S
     assert await server.messages() == 0
 
 
-async def test_a_database_outage_answers_451_and_the_retry_is_stored(server: Server, tmp_path: Path) -> None:
+async def test_a_database_outage_answers_451_and_the_retry_is_stored(server: Server) -> None:
     fixture = f"@{FIXTURES / 'message__iso_2022_jp.eml'}"
     assert await server.intake.find_inbox("support@parley.test") is not None  # addresses cached
-    working, server.intake.db = server.intake.db, Database(f"sqlite+aiosqlite:///{tmp_path}/missing/dir/x.db")
+    working, server.intake.db = (
+        server.intake.db,
+        Database(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone"),
+    )
     try:
         result = await server.swaks("--to", "support@parley.test", "--data", fixture)
     finally:
