@@ -10,6 +10,7 @@ from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from parley.crypto import SecretBox
 from parley.db import Database
 from parley.outbox import Dispatcher, Handler
+from parley.realtime import Hub, build_hub
 from parley.settings import Settings
 
 
@@ -19,9 +20,11 @@ class Runtime:
     db: Database
     directory: InboxDirectory
     dispatcher: Dispatcher
+    hub: Hub
 
     async def close(self) -> None:
         await self.directory.close()
+        await self.hub.close()
         await self.db.dispose()
 
 
@@ -36,6 +39,7 @@ def build_subscribers(
 def build_runtime(settings: Settings) -> Runtime:
     """The database, inbox directory and dispatcher of one process."""
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
-    directory = InboxDirectory(db, SecretBox(settings.secret_key))
+    hub = build_hub(settings.redis_url)
+    directory = InboxDirectory(db, SecretBox(settings.secret_key), hub=hub)
     dispatcher = Dispatcher(db, build_subscribers(settings, db, directory))
-    return Runtime(settings, db, directory, dispatcher)
+    return Runtime(settings, db, directory, dispatcher, hub)

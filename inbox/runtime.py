@@ -14,6 +14,7 @@ from channels.registry import channel_class
 from inbox.models import Inbox
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.realtime import Hub, UsesHub
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +34,12 @@ class InboxDirectory:
     within `ttl`.
     """
 
-    def __init__(self, db: Database, box: SecretBox, *, ttl: float = 10.0) -> None:
+    def __init__(self, db: Database, box: SecretBox, *, ttl: float = 10.0, hub: Hub | None = None) -> None:
         self.db = db
         self.box = box
         self.ttl = ttl
+        # Handed to adapters that push to open connections (web chat).
+        self.hub = hub
         self._cache: dict[int, tuple[float, datetime | None, InboxRuntime | None]] = {}
 
     async def get(self, inbox_id: int) -> InboxRuntime | None:
@@ -56,6 +59,8 @@ class InboxDirectory:
         if row is not None:
             cls = channel_class(row.channel)
             channel = cls.from_settings(row.settings, self.box.open(row.secrets_encrypted))
+            if self.hub is not None and isinstance(channel, UsesHub):
+                channel.attach_hub(self.hub)
             runtime = InboxRuntime(row.id, row.tenant_id, row.channel, channel, dict(row.settings))
         if hit is not None and hit[2] is not None:
             await hit[2].channel.close()
