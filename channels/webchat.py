@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -108,7 +107,7 @@ class SessionTokens:
     def verify(self, token: str, inbox_id: int, *, max_age: float) -> str:
         """The visitor address a token carries; `SignatureError` if forged, expired or another inbox's."""
         try:
-            data = self._serializer.loads(token, max_age=max_age)
+            data = self._serializer.loads(token, max_age=int(max_age))
         except SignatureExpired:
             raise SignatureError("the session token has expired") from None
         except BadSignature:
@@ -289,7 +288,9 @@ class WebChat(Channel):
         """Check the allowed origins and texts; the identity secret is optional."""
         origins = settings.get("allowed_origins")
         if not isinstance(origins, list) or not origins:
-            raise ConfigurationError("allowed_origins must be a non-empty list of origins (https://example.com)")
+            raise ConfigurationError(
+                "allowed_origins must be a non-empty list of origins (https://example.com)"
+            )
         cleaned_origins = []
         for origin in origins:
             normalised = normalise_origin(origin) if isinstance(origin, str) else None
@@ -370,7 +371,14 @@ class WebChat(Channel):
         )
 
     def inbound_upload(
-        self, address: str, message_id: str, text: str, *, filename: str | None, content_type: str | None, data: bytes
+        self,
+        address: str,
+        message_id: str,
+        text: str,
+        *,
+        filename: str | None,
+        content_type: str | None,
+        data: bytes,
     ) -> InboundMessage:
         """A file the visitor uploaded, with an optional caption; the bytes are stored before ingest."""
         if len(text) > MAX_TEXT_LENGTH:

@@ -11,9 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api import setup_api
 from gateway.errors import error_middleware, json_error
-from gateway.keys import DB, DIRECTORY, DISPATCHER, MEDIA, NOTIFIER, SECRET_BOX, SETTINGS
+from gateway.keys import DB, DIRECTORY, DISPATCHER, HUB, MEDIA, NOTIFIER, SECRET_BOX, SETTINGS
 from gateway.media import setup_media
 from gateway.notify import CeleryNotifier
+from gateway.webchat import setup_webchat
 from gateway.webhooks import MAX_WEBHOOK_BYTES, setup_webhooks
 from gateway.wiring import build_runtime
 from parley.crypto import SecretBox
@@ -34,6 +35,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     app[DIRECTORY] = runtime.directory
     app[SECRET_BOX] = SecretBox(settings.secret_key)
     app[DISPATCHER] = runtime.dispatcher
+    app[HUB] = runtime.hub
     app[MEDIA] = MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -61,6 +63,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     app.router.add_get("/metrics", _metrics)
     setup_webhooks(app)
     setup_media(app)
+    setup_webchat(app)
     setup_api(app)
     return app
 

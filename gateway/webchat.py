@@ -61,7 +61,10 @@ logger = logging.getLogger(__name__)
 
 WIDGET_JS = Path(__file__).parent / "static" / "widget.js"
 # A text frame carries at most a 5000-character message; anything much bigger is not the widget.
+# Frames up to the hard limit are refused with an error frame that says why; beyond it, aiohttp
+# stops reading and closes with 1009 on its own.
 MAX_FRAME_BYTES = 64 * 1024
+HARD_FRAME_LIMIT = 1024 * 1024
 HEARTBEAT_SECONDS = 25.0
 HELLO_TIMEOUT = 10.0
 HISTORY_LIMIT = 500
@@ -112,7 +115,11 @@ def message_frame(message: Message) -> dict[str, Any]:
         "direction": message.direction,
         "text": message.body,
         "attachments": [
-            {"url": a.get("url") or None, "content_type": a.get("content_type"), "filename": a.get("filename")}
+            {
+                "url": a.get("url") or None,
+                "content_type": a.get("content_type"),
+                "filename": a.get("filename"),
+            }
             for a in message.attachments
         ],
         "buttons": list(message.extra.get("buttons", ())) if message.direction == "outbound" else [],
@@ -195,11 +202,17 @@ async def save_contact_details(app: web.Application, visitor: Visitor, details: 
     for attempt in range(3):
         try:
             async with db.transaction() as session:
-                contact = await ensure_identity(session, visitor.inbox.tenant_id, IDENTITY_KIND, visitor.address)
+                contact = await ensure_identity(
+                    session, visitor.inbox.tenant_id, IDENTITY_KIND, visitor.address
+                )
                 if email is not None:
                     contact = await link_email(session, visitor.inbox.tenant_id, contact, email)
-                if details.name is not None and await set_name_if_unknown(session, contact.contact_id, details.name):
-                    contact.events.append(("contact.updated", {"contact_id": contact.contact_id, "fields": ["name"]}))
+                if details.name is not None and await set_name_if_unknown(
+                    session, contact.contact_id, details.name
+                ):
+                    contact.events.append(
+                        ("contact.updated", {"contact_id": contact.contact_id, "fields": ["name"]})
+                    )
                 await announce(session, visitor.inbox.tenant_id, contact)
             break
         except IntegrityError:  # the same address added by a concurrent request: replay, it exists now
@@ -248,7 +261,9 @@ class _Connection:
             return
         if isinstance(frame, Say):
             try:
-                message = await store_visitor_message(self.app, self.visitor, self.visitor.channel.inbound(self.visitor.address, frame))
+                message = await store_visitor_message(
+                    self.app, self.visitor, self.visitor.channel.inbound(self.visitor.address, frame)
+                )
             except MalformedPayload as e:
                 await self.error("malformed_frame", str(e))
                 return
@@ -333,7 +348,7 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
     if not channel.origin_allowed(origin):
         logger.warning("inbox %s: web chat from origin %r refused", inbox.id, origin)
         return json_error(403, "origin_not_allowed", f"origin {origin!r} may not embed this chat")
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_FRAME_BYTES)
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=HARD_FRAME_LIMIT)
     await ws.prepare(request)
 
     hello = await _read_hello(ws)
@@ -378,7 +393,11 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
         forwarder = asyncio.create_task(connection.forward(subscription))
         try:
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
+                if msg.type == WSMsgType.TEXT and len(msg.data) > MAX_FRAME_BYTES:
+                    reason = f"a frame may carry at most {MAX_FRAME_BYTES} bytes"
+                    await connection.error("frame_too_large", reason)
+                    await ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=reason.encode())
+                elif msg.type == WSMsgType.TEXT:
                     await connection.handle(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await connection.error(
@@ -437,7 +456,9 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
                     return fail(400, "malformed_upload", "one file per upload")
                 data = await _read_part(part, limit)
                 if data is None:
-                    return fail(413, "attachment_too_large", f"the file is larger than the {limit}-byte limit")
+                    return fail(
+                        413, "attachment_too_large", f"the file is larger than the {limit}-byte limit"
+                    )
                 file = (part.filename, part.headers.get("Content-Type"), data)
             elif part.name in ("token", "id", "text"):
                 value = await _read_part(part, 20_000)
@@ -459,7 +480,12 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
     filename, content_type, data = file
     try:
         event = channel.inbound_upload(
-            address, fields.get("id", ""), fields.get("text", ""), filename=filename, content_type=content_type, data=data
+            address,
+            fields.get("id", ""),
+            fields.get("text", ""),
+            filename=filename,
+            content_type=content_type,
+            data=data,
         )
     except MalformedPayload as e:
         return fail(400, "malformed_upload", str(e))

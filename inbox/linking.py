@@ -95,7 +95,9 @@ async def link_email(
     ).scalar_one_or_none()
     events = list(visitor.events)
     if owner is None:
-        identity = ChannelIdentity(tenant_id=tenant_id, contact_id=visitor.contact_id, kind=EMAIL_KIND, address=email)
+        identity = ChannelIdentity(
+            tenant_id=tenant_id, contact_id=visitor.contact_id, kind=EMAIL_KIND, address=email
+        )
         session.add(identity)
         await session.flush()
         await session.execute(
