@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The server binaries the test suite starts throwaway instances of: PostgreSQL and Redis.
+# The server binaries the test suite starts throwaway instances of: PostgreSQL and Redis; and the
+# browser the web chat widget is tested in (Debian's Chromium, driven by Playwright, no download).
 # Installs them from Debian's packages when they are missing and we may (root); otherwise says how.
 set -euo pipefail
 
 missing=()
 compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || command -v pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "The tests need PostgreSQL and Redis server binaries. Install them, e.g.:" >&2
+    echo "The tests need PostgreSQL and Redis server binaries and Chromium. Install them, e.g.:" >&2
     echo "  sudo apt-get install ${missing[*]}" >&2
     echo "or point the tests at running servers with PARLEY_TEST_DATABASE_URL / PARLEY_TEST_REDIS_URL." >&2
     exit 1
