@@ -443,6 +443,8 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
     def fail(status: int, code: str, message: str) -> web.Response:
         return _cors(json_error(status, code, message), origin)
 
+    if request.content_type != "multipart/form-data":
+        return fail(400, "malformed_upload", "expected multipart/form-data with token, id, text and file")
     limit = min(channel.max_upload_bytes, request.app[MEDIA].max_bytes)
     fields: dict[str, str] = {}
     file: tuple[str | None, str | None, bytes] | None = None
@@ -465,8 +467,8 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
                 if value is None:
                     return fail(400, "malformed_upload", f"{part.name} is too long")
                 fields[part.name] = value.decode("utf-8", errors="replace")
-    except (ValueError, AssertionError) as e:  # not multipart, or broken boundaries
-        return fail(400, "malformed_upload", f"expected multipart/form-data: {e}")
+    except ValueError as e:  # broken boundaries or headers
+        return fail(400, "malformed_upload", f"the multipart body cannot be read: {e}")
     if file is None or not file[2]:
         return fail(400, "malformed_upload", "no file (or an empty one) in the upload")
     token = fields.get("token")

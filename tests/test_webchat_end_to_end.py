@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
 from channels.webchat import SessionTokens, typing_topic
-from crm_core.models import ChannelIdentity, Contact
+from crm_core.models import ChannelIdentity, Consent, Contact
 from gateway.app import create_app
 from gateway.keys import HUB
 from gateway.wiring import build_runtime
@@ -430,6 +430,7 @@ async def test_an_email_given_in_chat_links_the_visitor_to_the_contact_that_owns
         "reason": "email_given",
     }
     assert await gateway.count(ChannelIdentity) == 2  # no second email identity
+    assert await gateway.count(Consent) == 0  # giving an email is not consenting to anything
 
     # The visitor keeps their chat, and only their chat.
     more = await chat.say("Any news?")
@@ -531,6 +532,12 @@ async def test_an_uploaded_file_becomes_a_message_with_a_stored_attachment(gatew
     assert too_big.headers["Access-Control-Allow-Origin"] == ORIGIN  # so the widget can read why
     error = (await too_big.json())["error"]
     assert error["code"] == "attachment_too_large" and "2048" in error["message"]
+
+    not_multipart = await gateway.client.post(
+        f"/webchat/{gateway.inbox_id}/uploads", json={"token": welcome["token"]}, headers={"Origin": ORIGIN}
+    )
+    assert not_multipart.status == 400
+    assert (await not_multipart.json())["error"]["code"] == "malformed_upload"
 
     forged = await gateway.client.post(
         f"/webchat/{gateway.inbox_id}/uploads", data=upload_form("forged", png), headers={"Origin": ORIGIN}

@@ -225,6 +225,9 @@
     node.setAttribute("data-pending", message.id ? "false" : "true");
     if (outbound) {
       show(typing, false);
+      if (message.status === "read" || message.status === "delivered") {
+        acked[message.id] = message.status;
+      }
       acknowledge(message.id);
     }
     scrollDown();

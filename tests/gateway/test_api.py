@@ -843,6 +843,7 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         ("patch", "/api/v1/conversations/{conversation_id}"),
         ("get", "/api/v1/conversations/{conversation_id}/messages"),
         ("post", "/api/v1/conversations/{conversation_id}/messages"),
+        ("post", "/api/v1/conversations/{conversation_id}/typing"),
         ("get", "/api/v1/me"),
         ("put", "/api/v1/me/presence"),
         ("get", "/api/v1/openapi.json"),
