@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -89,8 +90,13 @@ async def _webchat_inbox(request: web.Request) -> InboxRuntime | None:
     return inbox if inbox is not None and isinstance(inbox.channel, WebChat) else None
 
 
+@functools.lru_cache(maxsize=8)
+def _tokens_for(secret_key: str) -> SessionTokens:
+    return SessionTokens(secret_key)
+
+
 def _tokens(app: web.Application) -> SessionTokens:
-    return SessionTokens(app[SETTINGS].secret_key)
+    return _tokens_for(app[SETTINGS].secret_key)
 
 
 def open_session(tokens: SessionTokens, inbox: InboxRuntime, channel: WebChat, hello: Hello) -> str:
@@ -207,12 +213,8 @@ async def save_contact_details(app: web.Application, visitor: Visitor, details: 
                 )
                 if email is not None:
                     contact = await link_email(session, visitor.inbox.tenant_id, contact, email)
-                if details.name is not None and await set_name_if_unknown(
-                    session, contact.contact_id, details.name
-                ):
-                    contact.events.append(
-                        ("contact.updated", {"contact_id": contact.contact_id, "fields": ["name"]})
-                    )
+                if details.name is not None:
+                    await set_name_if_unknown(session, contact, details.name)
                 await announce(session, visitor.inbox.tenant_id, contact)
             break
         except IntegrityError:  # the same address added by a concurrent request: replay, it exists now

@@ -41,6 +41,8 @@ class VisitorContact:
     identity_id: int
     contact_id: int
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Contact fields set along the way, announced once as `contact.updated`.
+    changed: list[str] = field(default_factory=list)
 
 
 async def ensure_identity(session: AsyncSession, tenant_id: int, kind: str, address: str) -> VisitorContact:
@@ -65,14 +67,15 @@ async def ensure_identity(session: AsyncSession, tenant_id: int, kind: str, addr
     return VisitorContact(identity.id, contact.id, [("contact.created", {"contact_id": contact.id})])
 
 
-async def set_name_if_unknown(session: AsyncSession, contact_id: int, name: str) -> bool:
+async def set_name_if_unknown(session: AsyncSession, visitor: VisitorContact, name: str) -> None:
     """Give the contact a name unless it has one: a visitor must not rename someone else's contact."""
     result = await session.execute(
         update(Contact)
-        .where(Contact.id == contact_id, Contact.name.is_(None))
+        .where(Contact.id == visitor.contact_id, Contact.name.is_(None))
         .values(name=name, updated_at=utcnow())
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if result.rowcount:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        visitor.changed.append("name")
 
 
 async def link_email(
@@ -100,18 +103,19 @@ async def link_email(
         )
         session.add(identity)
         await session.flush()
-        await session.execute(
+        result = await session.execute(
             update(Contact)
             .where(Contact.id == visitor.contact_id, Contact.email.is_(None))
             .values(email=email, updated_at=utcnow())
         )
+        changed = ["email"] if result.rowcount else []  # type: ignore[attr-defined]
         events.append(
             (
                 IDENTITY_ADDED_TOPIC,
                 {"contact_id": visitor.contact_id, "identity_id": identity.id, "kind": EMAIL_KIND},
             )
         )
-        return VisitorContact(visitor.identity_id, visitor.contact_id, events)
+        return VisitorContact(visitor.identity_id, visitor.contact_id, events, [*visitor.changed, *changed])
     if owner == visitor.contact_id:
         return VisitorContact(visitor.identity_id, visitor.contact_id, events)
 
@@ -151,4 +155,7 @@ async def link_email(
 
 async def announce(session: AsyncSession, tenant_id: int, visitor: VisitorContact) -> None:
     """Write the events gathered along the way."""
-    await emit(session, tenant_id, *visitor.events)
+    events = list(visitor.events)
+    if visitor.changed:
+        events.append(("contact.updated", {"contact_id": visitor.contact_id, "changed": visitor.changed}))
+    await emit(session, tenant_id, *events)

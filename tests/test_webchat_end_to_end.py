@@ -376,10 +376,15 @@ async def test_pre_chat_form_names_the_contact_and_gives_it_an_email_identity(ga
     assert await gateway.topics() == [
         "contact.created",
         "contact.identity_added",
-        "contact.updated",
+        "contact.updated",  # name and email, once
         "conversation.opened",
         "message.received",
     ]
+    async with gateway.db.sessionmaker() as session:
+        updated = (
+            await session.execute(select(OutboxEvent.payload).where(OutboxEvent.topic == "contact.updated"))
+        ).scalar_one()
+    assert updated == {"contact_id": contact.id, "changed": ["email", "name"]}
     await chat.send(type="contact", email="not an address")
     assert (await chat.expect("error"))["code"] == "invalid_email"
     await chat.ws.close()
