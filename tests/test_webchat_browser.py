@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, WebSocketRoute, async_playwright, expect
 from sqlalchemy import func, select
 
 from channels.webchat import typing_topic
@@ -399,3 +399,54 @@ async def test_a_site_the_inbox_does_not_allow_gets_no_chat(
         await expect(part(page, "greeting")).to_have_text("Chat with us")
         assert await ready.count(ChannelIdentity) == 0
         await page.close()
+
+
+async def test_after_a_dropped_connection_the_widget_catches_up_without_duplicates(setup: Setup) -> None:
+    await setup.agent_online()
+    page = await setup.browser.new_page()
+    page.on("console", setup._watch_console)
+    sockets: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+    hellos: list[dict[str, Any]] = []
+
+    def route(ws: WebSocketRoute) -> None:
+        server = ws.connect_to_server()
+
+        def from_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame["type"] == "hello":
+                hellos.append(frame)
+            server.send(message)
+
+        ws.on_message(from_page)
+        sockets.append((ws, server))
+
+    await page.route_web_socket(re.compile(r".*/webchat/\d+/ws$"), route)
+    await page.goto(f"{setup.site.origin}/")
+    await part(page, "launcher").click()
+    await part(page, "prechat-name").fill("Ann")
+    await part(page, "prechat-email").fill("ann@example.com")
+    await part(page, "prechat-submit").click()
+    await part(page, "input").fill("Hello")
+    await part(page, "send").click()
+    await expect(part(page, "message").first).to_have_attribute("data-pending", "false")
+    conversation = await setup.conversation()
+    before = await setup.reply(conversation.id, "Hi, one moment")
+    await expect(part(page, "message")).to_have_count(2)
+
+    # The network drops; the agent answers meanwhile; the widget reconnects on its own.
+    page_side, server_side = sockets[-1]
+    await page_side.close(code=4000, reason="network lost")
+    await server_side.close()
+    missed = await setup.reply(conversation.id, "Found it: order 1234 ships today")
+    await eventually(lambda: _sent(setup, missed))
+    await expect(page.locator(f"[data-part=message][data-id='{missed}']")).to_have_text(
+        "Found it: order 1234 ships today", timeout=15_000
+    )
+    assert len(sockets) == 2
+    assert hellos[-1]["since"] == before  # it asked only for what came after the last message it had
+    await expect(part(page, "message")).to_have_count(3)
+    await page.close()
+
+
+async def _sent(setup: Setup, message_id: int) -> bool:
+    return (await message_row(setup.db, message_id)).status == "sent"
