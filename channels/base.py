@@ -224,6 +224,15 @@ class PermanentDeliveryError(ChannelError):
         self.code = code
 
 
+@dataclass(frozen=True, slots=True)
+class FetchedMedia:
+    """An inbound attachment's bytes, downloaded with the inbox's credentials."""
+
+    data: bytes
+    content_type: str | None = None
+    filename: str | None = None
+
+
 class Channel(ABC):
     """A provider adapter, built per inbox from its settings and decrypted secrets."""
 
@@ -232,6 +241,9 @@ class Channel(ABC):
     # What consent (opt-in/opt-out) is recorded against: "sms", "whatsapp", "email"…
     consent_channel: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # Inbound attachment URLs only the inbox's credentials can read, or that the provider deletes
+    # after a while: the gateway copies them into the media store (`fetch_attachment`).
+    fetches_media: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -268,6 +280,14 @@ class Channel(ABC):
     @abstractmethod
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """Send one message; translate provider failures into the error taxonomy above."""
+
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """Download an inbound attachment this channel reported (only if `fetches_media`).
+
+        Raise `TransientDeliveryError` to be retried later and `PermanentDeliveryError` when the
+        file is gone or refused (too large, unknown).
+        """
+        raise PermanentDeliveryError(f"{self.name} does not fetch attachments", code="not_fetchable")
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
         """Release connections held by the adapter."""

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from channels.base import ButtonReply, DeliveryStatus, InboundEvent, InboundMessage
 from crm_core.consent import record_consent
 from crm_core.models import ChannelIdentity, Contact
+from inbox.media_fetch import MEDIA_PENDING_TOPIC
 from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
 from inbox.runtime import InboxRuntime
 from inbox.service import EARLY_STATUS_TOPIC, apply_delivery_status
@@ -67,13 +68,19 @@ async def ingest(db: Database, inbox: InboxRuntime, events: Sequence[InboundEven
 
 
 def _fits_fast_path(event: InboundEvent, inbox: InboxRuntime) -> TypeGuard[InboundMessage]:
-    # Keywords change consent, and a bare number may pick an option we offered as a numbered list.
+    # Keywords change consent, a bare number may pick an option we offered as a numbered list,
+    # and attachments the gateway must copy need one more event.
     return (
         isinstance(event, InboundMessage)
         and event.consent_change is None
         and event.thread_key is None
         and _option_number(inbox, event) is None
+        and not _fetches_media(inbox, event)
     )
+
+
+def _fetches_media(inbox: InboxRuntime, event: InboundMessage) -> bool:
+    return inbox.channel.fetches_media and any(a.url for a in event.attachments)
 
 
 def _option_number(inbox: InboxRuntime, event: InboundMessage) -> int | None:
@@ -465,6 +472,8 @@ async def _store_message(
         )
     ).scalar_one()
     events.append(("message.received", _received(message_id, conversation_id, inbox.id, contact_id)))
+    if _fetches_media(inbox, event):
+        events.append((MEDIA_PENDING_TOPIC, {"message_id": message_id, "inbox_id": inbox.id}))
 
     if event.consent_change is not None:
         granted = event.consent_change == "opt_in"

@@ -289,8 +289,11 @@ class AttachmentIn(RequestBody):
 
 
 class AttachmentOut(ResponseBody):
-    url: str
+    url: str = Field(description="Where to fetch it; empty when it could not be stored (see `error`).")
     content_type: str | None = None
+    filename: str | None = None
+    size: int | None = None
+    error: str | None = Field(None, description="Why Parley could not copy the file from the provider.")
 
 
 class ButtonIn(RequestBody):
