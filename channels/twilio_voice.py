@@ -267,12 +267,12 @@ class TwilioVoice(Channel):
         if route in ("gather", "connect"):
             return _twiml(await self._connect(urls, context))
         if route == "dial":
-            if form.get("DialCallStatus", "") in _AGENT_ANSWERED:
+            if form.get("DialCallStatus", "").strip().lower() in _AGENT_ANSWERED:
                 return _twiml(_hangup(VoiceResponse()))
             # The agents did not answer: the queue if there is one, else voicemail.
             return _twiml(self._enqueue(urls) if self.queue else self._voicemail(urls))
         if route == "queue":
-            if form.get("QueueResult", "") in _QUEUE_TO_VOICEMAIL:
+            if form.get("QueueResult", "").strip().lower() in _QUEUE_TO_VOICEMAIL:
                 return _twiml(self._voicemail(urls))
             return _twiml(_hangup(VoiceResponse()))
         if route == "wait":

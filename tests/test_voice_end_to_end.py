@@ -24,6 +24,8 @@ from parley.models import OutboxEvent
 from parley.settings import Settings
 from tests.conftest import TenantAccess, make_tenant
 from tests.fakes.twilio_api import FakeTwilioApi, load_fixture, post_signed, sign
+from tests.fakes.whatsapp_cloud_api import load_fixture as load_cloud_fixture
+from tests.fakes.whatsapp_cloud_api import post_webhook
 
 VOICE_NUMBER = "+15017122661"
 CALLER = "+14155550100"  # also writes on SMS and WhatsApp in the fixtures of those channels
@@ -289,18 +291,34 @@ async def test_late_call_events_join_the_resolved_conversation_without_reopening
 async def test_one_number_calling_texting_and_on_whatsapp_is_one_contact(line: Line) -> None:
     sms = await line.create_inbox("twilio_sms", phone_number=VOICE_NUMBER)
     whatsapp = await line.create_inbox("twilio_whatsapp", phone_number="+14155238886")
+    status, cloud = await line.api(
+        "POST",
+        "/inboxes",
+        {
+            "name": "WhatsApp Cloud",
+            "channel": "whatsapp_cloud",
+            "settings": {"phone_number_id": "106540352242922"},
+            "secrets": {"access_token": "token", "app_secret": "meta-app-secret", "verify_token": "v"},
+        },
+    )
+    assert status == 201, cloud
     phone = await line.voice_inbox()
 
     assert (await line.twilio(phone["webhook_url"], voice("incoming__call"))).status == 200
     assert (await line.twilio(sms["webhook_url"], load_fixture("inbound__sms"))).status == 200
     wa = load_fixture("inbound__text", "twilio_whatsapp")
     assert (await line.twilio(whatsapp["webhook_url"], wa)).status == 200
+    # Meta's documented text message, from the caller's number (wa_id is E.164 without the "+").
+    body = load_cloud_fixture("message__text").replace(b"16505551234", CALLER[1:].encode())
+    async with aiohttp.ClientSession() as session:
+        assert (await post_webhook(session, cloud["webhook_url"], body, "meta-app-secret")).status == 200
 
     assert await line.count(Contact) == 1
-    assert await line.count(ChannelIdentity) == 1  # kind "phone", +14155550100, on all three
+    assert await line.count(ChannelIdentity) == 1  # kind "phone", +14155550100, on all four
     async with line.db.sessionmaker() as session:
         rows = (await session.execute(select(Conversation.inbox_id, Conversation.contact_id))).all()
-    assert sorted(inbox_id for inbox_id, _ in rows) == sorted([sms["id"], whatsapp["id"], phone["id"]])
+    inboxes = [sms["id"], whatsapp["id"], cloud["id"], phone["id"]]
+    assert sorted(inbox_id for inbox_id, _ in rows) == sorted(inboxes)
     assert len({contact_id for _, contact_id in rows}) == 1
 
 
