@@ -357,3 +357,32 @@ async def test_a_written_reply_to_a_call_is_refused_before_anything_is_queued(li
     status, error = await line.api("POST", f"/conversations/{conversation['id']}/messages", {"body": "Hi!"})
     assert status == 422 and error["error"]["code"] == "replies_unsupported", error
     assert await line.count(Message, Message.direction == "outbound") == 0
+
+
+async def test_events_of_a_call_never_seen_open_the_conversation_themselves(line: Line) -> None:
+    inbox = await line.voice_inbox()
+    # The incoming-call webhook was lost (Twilio reached a fallback URL, say): the status callback
+    # is then the first Parley hears of the call, and is stored like a first message.
+    assert (await line.twilio(inbox["status_callback_url"], voice("status__completed"))).status == 200
+    [conversation] = await line.conversations(inbox["id"])
+    assert conversation["status"] == "open"
+    assert [m["body"] for m in await line.timeline(conversation["id"])] == ["Call completed · 2:13"]
+
+
+async def test_the_same_call_on_two_tenants_lines_stays_apart(line: Line) -> None:
+    ours = await line.voice_inbox()
+    other = await make_tenant(line.db, "globex")
+    theirs = Line(line.client, line.db, other, line.fake, line.base_url)
+    their_inbox = await theirs.voice_inbox()
+
+    await line.twilio(ours["webhook_url"], voice("incoming__call"))
+    await theirs.twilio(their_inbox["webhook_url"], voice("incoming__call"))
+    await theirs.twilio(their_inbox["status_callback_url"], voice("status__completed"))
+
+    [our_conversation] = await line.conversations(ours["id"])
+    [their_conversation] = await theirs.conversations(their_inbox["id"])
+    assert our_conversation["contact_id"] != their_conversation["contact_id"]
+    assert len(await line.timeline(our_conversation["id"])) == 1
+    assert len(await theirs.timeline(their_conversation["id"])) == 2
+    assert await theirs.conversations(ours["id"]) == []
+    assert (await theirs.api("GET", f"/conversations/{our_conversation['id']}"))[0] == 404
