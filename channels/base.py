@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
@@ -71,6 +71,41 @@ class ButtonReply:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEvent:
+    """Something that happened on a phone call.
+
+    `status` is the call's status (ringing, in-progress, completed, busy…); with `leg` set
+    ("agent": ringing agents, "queue": waiting in a queue) it is what that attempt came to.
+    """
+
+    call_id: str
+    status: str
+    direction: str | None = None
+    duration: int | None = None  # seconds, once the call (or leg) is over
+    leg: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """A recording of a call (a voicemail): where to fetch it and how long it is."""
+
+    recording_id: str
+    url: str
+    duration: int | None = None
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Voicemail:
+    """A voicemail's transcription; `transcript` is None when transcribing failed."""
+
+    transcription_id: str
+    recording_id: str | None
+    status: str
+    transcript: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundMessage:
     """A message a customer sent, as every channel reports it.
 
@@ -92,6 +127,14 @@ class InboundMessage:
     # Where the message belongs when a channel has threads (a Slack thread's root): one
     # conversation per thread instead of one per contact and inbox.
     thread_key: str | None = None
+    # Phone calls: an event of the call, its recording, the recording's transcription.
+    call: CallEvent | None = None
+    recording: Recording | None = None
+    voicemail: Voicemail | None = None
+    # The provider id of an earlier message this one belongs to (a call's later events belong to
+    # the call): it joins that message's conversation whatever its status, without reopening it
+    # or counting as the customer writing. Stored the usual way when that message is unknown.
+    part_of: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -186,6 +229,8 @@ class Capabilities:
     # WhatsApp's customer-service window: free-form replies only this long after the customer's
     # last message; outside it, only templates.
     reply_window: timedelta | None = None
+    # False for channels nothing can be sent on (a phone line): the API refuses replies up front.
+    replies: bool = True
 
 
 class ChannelError(Exception):
@@ -233,6 +278,19 @@ class FetchedMedia:
     filename: str | None = None
 
 
+class WebhookContext(Protocol):
+    """What the gateway offers a channel whose webhook answer depends on more than the request."""
+
+    @property
+    def stored_message_ids(self) -> Sequence[int]:
+        """The messages this webhook stored (empty for duplicates and event-less requests)."""
+        ...
+
+    async def agents_available(self) -> bool:
+        """Whether an agent of the inbox's tenant is online now."""
+        ...
+
+
 class Channel(ABC):
     """A provider adapter, built per inbox from its settings and decrypted secrets."""
 
@@ -268,6 +326,13 @@ class Channel(ABC):
     def acknowledge(self, request: WebhookRequest, events: Sequence[InboundEvent]) -> WebhookReply:
         """The 2xx answer once the events are stored."""
         return WebhookReply()
+
+    async def respond(
+        self, request: WebhookRequest, events: Sequence[InboundEvent], context: WebhookContext
+    ) -> WebhookReply:
+        """The 2xx answer once the events are stored; `acknowledge` unless the answer depends on state."""
+        # A phone call, for one, is put through to an agent only if one is online.
+        return self.acknowledge(request, events)
 
     def handshake(self, request: WebhookRequest) -> WebhookReply | None:
         """Answer a provider's GET verification of the webhook URL (Meta's `hub.challenge`).

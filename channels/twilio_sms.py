@@ -241,18 +241,7 @@ class TwilioSms(Channel):
 
     def verify(self, request: WebhookRequest) -> None:
         """Check `X-Twilio-Signature` over the public URL and the form parameters."""
-        signature = header(request.headers, SIGNATURE_HEADER)
-        if not signature:
-            raise SignatureError("missing X-Twilio-Signature header")
-        # The MultiDict goes in as is: the validator reads repeated keys with getall(), and is
-        # about twice as slow when handed a plain dict. The URL exactly as called is tried first
-        # (one HMAC); `validate` then tries it with and without the default port, which Twilio
-        # may have signed instead (two more).
-        expected = self._validator.compute_signature(request.url, request.form)
-        if hmac.compare_digest(expected.encode(), signature.encode()):
-            return
-        if not self._validator.validate(request.url, request.form, signature):
-            raise SignatureError("X-Twilio-Signature does not match")
+        verify_signature(self._validator, request)
 
     def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """Turn an incoming-message webhook or a status callback into one normalised event."""
@@ -390,6 +379,22 @@ _PARSERS: Mapping[str, Parser] = {
     "": _parse_message,
     "status": _parse_status,
 }
+
+
+def verify_signature(validator: RequestValidator, request: WebhookRequest) -> None:
+    """Raise `SignatureError` unless `X-Twilio-Signature` signs the public URL and the form."""
+    signature = header(request.headers, SIGNATURE_HEADER)
+    if not signature:
+        raise SignatureError("missing X-Twilio-Signature header")
+    # The MultiDict goes in as is: the validator reads repeated keys with getall(), and is
+    # about twice as slow when handed a plain dict. The URL exactly as called is tried first
+    # (one HMAC); `validate` then tries it with and without the default port, which Twilio
+    # may have signed instead (two more).
+    expected = validator.compute_signature(request.url, request.form)
+    if hmac.compare_digest(expected.encode(), signature.encode()):
+        return
+    if not validator.validate(request.url, request.form, signature):
+        raise SignatureError("X-Twilio-Signature does not match")
 
 
 def message_sid(form: MultiMapping[str]) -> str:

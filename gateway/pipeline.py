@@ -74,6 +74,7 @@ def _fits_fast_path(event: InboundEvent, inbox: InboxRuntime) -> TypeGuard[Inbou
         isinstance(event, InboundMessage)
         and event.consent_change is None
         and event.thread_key is None
+        and event.part_of is None
         and _option_number(inbox, event) is None
         and not _fetches_media(inbox, event)
     )
@@ -101,6 +102,9 @@ def _message_extra(event: InboundMessage, button_reply: ButtonReply | None = Non
     reply = button_reply or event.button_reply
     if reply is not None:
         extra["button_reply"] = asdict(reply)
+    for key, value in (("call", event.call), ("recording", event.recording), ("voicemail", event.voicemail)):
+        if value is not None:
+            extra[key] = asdict(value)
     return extra
 
 
@@ -334,6 +338,20 @@ _TOUCH_CONVERSATION = (
         resolved_at=None,
     )
 )
+# A message that belongs to an earlier one (a call's later events) joins its conversation quietly:
+# no reopening, and not the customer writing (`last_inbound_at` stays).
+_PART_OF = (
+    select(_conversations.c.id.label("conversation_id"), _conversations.c.contact_id)
+    .join(_messages, _messages.c.conversation_id == _conversations.c.id)
+    .where(
+        _messages.c.inbox_id == bindparam("inbox_id"), _messages.c.provider_message_id == bindparam("pmid")
+    )
+)
+_TOUCH_QUIETLY = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("conversation_id"))
+    .values(last_message_at=bindparam("now"), updated_at=bindparam("now"))
+)
 _INSERT_MESSAGE = insert(_messages).returning(_messages.c.id)
 
 
@@ -387,14 +405,19 @@ async def _store_message(
     now = utcnow()
     contact_id, identity_id, conversation_id = found.contact_id, found.identity_id, found.conversation_id
     events: list[tuple[str, dict[str, Any]]] = []
-    if event.thread_key is not None:
+    joined = None
+    if event.part_of is not None:
+        joined = (await conn.execute(_PART_OF, {"inbox_id": inbox.id, "pmid": event.part_of})).one_or_none()
+    if joined is not None:
+        contact_id, conversation_id = joined.contact_id, joined.conversation_id
+    elif event.thread_key is not None:
         thread = (
             await conn.execute(_THREAD, {"inbox_id": inbox.id, "thread_key": event.thread_key})
         ).one_or_none()
         conversation_id = None if thread is None else thread.id
         if thread is not None and thread.status == ConversationStatus.RESOLVED:
             events.append(("conversation.reopened", {"conversation_id": thread.id, "inbox_id": inbox.id}))
-    if identity_id is None:
+    if identity_id is None and joined is None:
         contact_id = (
             await conn.execute(
                 _INSERT_CONTACT,
@@ -448,7 +471,8 @@ async def _store_message(
             )
         )
     else:
-        await conn.execute(_TOUCH_CONVERSATION, {"conversation_id": conversation_id, "now": now})
+        touch = _TOUCH_CONVERSATION if joined is None else _TOUCH_QUIETLY
+        await conn.execute(touch, {"conversation_id": conversation_id, "now": now})
 
     message_id = (
         await conn.execute(

@@ -357,7 +357,7 @@ class MessageOut(ResponseBody):
     status: MessageStatus
     content_attributes: dict[str, Any] = Field(
         description="Typed content beyond text: `location`, `shared_contacts`, `button_reply` (inbound); "
-        "`buttons`, `template` (outbound)."
+        "`buttons`, `template` (outbound); `call`, `recording`, `voicemail` (phone calls)."
     )
     provider_message_id: str | None = Field(
         description="The provider's id (Twilio's SM… sid) once sent or received."
