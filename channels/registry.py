@@ -6,12 +6,13 @@ from channels.base import Channel
 from channels.slack import Slack
 from channels.telegram import Telegram
 from channels.twilio_sms import TwilioSms
+from channels.twilio_voice import TwilioVoice
 from channels.twilio_whatsapp import TwilioWhatsApp
 from channels.webchat import WebChat
 from channels.whatsapp_cloud import WhatsAppCloud
 
 CHANNELS: dict[str, type[Channel]] = {
-    c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud, Slack, WebChat)
+    c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud, Slack, TwilioVoice, WebChat)
 }
 
 

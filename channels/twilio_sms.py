@@ -37,6 +37,7 @@ from channels.base import (
     ConsentChange,
     DeliveryState,
     DeliveryStatus,
+    FetchedMedia,
     InboundEvent,
     InboundMessage,
     MalformedPayload,
@@ -48,12 +49,14 @@ from channels.base import (
     WebhookReply,
     WebhookRequest,
 )
-from channels.common import header, optional_str, required_str, retry_after_seconds
+from channels.common import download, header, optional_str, required_str, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_API_BASE_URL = "https://api.twilio.com"
 DEFAULT_TIMEOUT = 10.0
+# Twilio accepts inbound MMS up to 5 MB and WhatsApp media up to 16 MB (documents 100 MB).
+MAX_MEDIA_BYTES = 100 * 1024 * 1024
 SIGNATURE_HEADER = "X-Twilio-Signature"
 
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -159,6 +162,8 @@ class TwilioSms(Channel):
     identity_kind = "phone"
     consent_channel = "sms"
     capabilities = Capabilities(media=True, max_text_length=1600)
+    # Twilio deletes media on request or with the message, and can require auth to read it.
+    fetches_media = True
 
     def __init__(
         self,
@@ -236,18 +241,7 @@ class TwilioSms(Channel):
 
     def verify(self, request: WebhookRequest) -> None:
         """Check `X-Twilio-Signature` over the public URL and the form parameters."""
-        signature = header(request.headers, SIGNATURE_HEADER)
-        if not signature:
-            raise SignatureError("missing X-Twilio-Signature header")
-        # The MultiDict goes in as is: the validator reads repeated keys with getall(), and is
-        # about twice as slow when handed a plain dict. The URL exactly as called is tried first
-        # (one HMAC); `validate` then tries it with and without the default port, which Twilio
-        # may have signed instead (two more).
-        expected = self._validator.compute_signature(request.url, request.form)
-        if hmac.compare_digest(expected.encode(), signature.encode()):
-            return
-        if not self._validator.validate(request.url, request.form, signature):
-            raise SignatureError("X-Twilio-Signature does not match")
+        verify_signature(self._validator, request)
 
     def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """Turn an incoming-message webhook or a status callback into one normalised event."""
@@ -313,6 +307,26 @@ class TwilioSms(Channel):
         """The channel error for a failed create call."""
         return translate_error(e, headers)
 
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """An MMS/WhatsApp media file by its MediaUrl, read with the account's credentials."""
+        url, api = urlsplit(attachment.url), urlsplit(self.api_base_url)
+        # Credentials go to the Twilio API only; its redirect to storage goes without them.
+        ours = (url.scheme, url.netloc) == (api.scheme, api.netloc)
+        if not ours or f"/Accounts/{self.account_sid}/" not in url.path:
+            raise PermanentDeliveryError(
+                f"{attachment.url!r} is not this account's media", code="not_fetchable"
+            )
+        credentials = base64.b64encode(f"{self.account_sid}:{self._auth_token}".encode()).decode()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout * 6)) as session:
+            fetched = await download(
+                session,
+                attachment.url,
+                max_bytes=MAX_MEDIA_BYTES,
+                what=f"Twilio media {url.path.rsplit('/', 1)[-1]}",
+                headers={"Authorization": f"Basic {credentials}"},
+            )
+        return FetchedMedia(fetched.data, attachment.content_type or fetched.content_type)
+
     async def close(self) -> None:
         """Close the HTTP session, if a send opened one."""
         if self._http is not None:
@@ -365,6 +379,22 @@ _PARSERS: Mapping[str, Parser] = {
     "": _parse_message,
     "status": _parse_status,
 }
+
+
+def verify_signature(validator: RequestValidator, request: WebhookRequest) -> None:
+    """Raise `SignatureError` unless `X-Twilio-Signature` signs the public URL and the form."""
+    signature = header(request.headers, SIGNATURE_HEADER)
+    if not signature:
+        raise SignatureError("missing X-Twilio-Signature header")
+    # The MultiDict goes in as is: the validator reads repeated keys with getall(), and is
+    # about twice as slow when handed a plain dict. The URL exactly as called is tried first
+    # (one HMAC); `validate` then tries it with and without the default port, which Twilio
+    # may have signed instead (two more).
+    expected = validator.compute_signature(request.url, request.form)
+    if hmac.compare_digest(expected.encode(), signature.encode()):
+        return
+    if not validator.validate(request.url, request.form, signature):
+        raise SignatureError("X-Twilio-Signature does not match")
 
 
 def message_sid(form: MultiMapping[str]) -> str:

@@ -40,6 +40,7 @@ from channels.base import (
     ConfigurationError,
     DeliveryState,
     DeliveryStatus,
+    FetchedMedia,
     InboundEvent,
     InboundMessage,
     Location,
@@ -55,6 +56,7 @@ from channels.base import (
     WebhookRequest,
 )
 from channels.common import (
+    download,
     header,
     json_object,
     json_objects,
@@ -62,6 +64,7 @@ from channels.common import (
     json_str,
     optional_str,
     retry_after_seconds,
+    too_large,
 )
 
 logger = logging.getLogger(__name__)
@@ -140,6 +143,7 @@ class WhatsAppCloud(Channel):
     name = "whatsapp_cloud"
     identity_kind = "phone"
     consent_channel = "whatsapp"
+    fetches_media = True
     capabilities = Capabilities(
         media=True,
         buttons=True,
@@ -312,23 +316,26 @@ class WhatsAppCloud(Channel):
         if declared is not None and declared > MAX_MEDIA_BYTES:
             raise _too_large(media_id, declared)
 
-        # The URL is short-lived and, like the Graph API, wants the access token (aiohttp drops it
-        # if a redirect leaves the URL's origin).
-        try:
-            async with self._get_session().get(url, headers=self._auth_headers()) as response:
-                if response.status != 200:
-                    raise _translate(response.status, await response.read(), response.headers)
-                if response.content_length is not None and response.content_length > MAX_MEDIA_BYTES:
-                    raise _too_large(media_id, response.content_length)
-                data = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    data += chunk
-                    if len(data) > MAX_MEDIA_BYTES:
-                        raise _too_large(media_id, len(data))
-                content_type = mime_type or response.content_type or "application/octet-stream"
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise TransientDeliveryError(f"WhatsApp media download failed: {e!r}") from e
-        return bytes(data), content_type
+        # The URL is short-lived and, like the Graph API, wants the access token.
+        fetched = await download(
+            self._get_session(),
+            url,
+            max_bytes=MAX_MEDIA_BYTES,
+            what=f"media {media_id}",
+            headers=self._auth_headers(),
+            translate=_translate,
+        )
+        return fetched.data, mime_type or fetched.content_type or "application/octet-stream"
+
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """An inbound image, document, voice note… by the media id in its Graph URL."""
+        media_id = attachment.url.rsplit("/", 1)[-1]
+        if attachment.url != self._media_url(media_id):
+            raise PermanentDeliveryError(
+                f"{attachment.url!r} is not this inbox's media", code="not_fetchable"
+            )
+        data, content_type = await self.download_media(media_id)
+        return FetchedMedia(data, content_type)
 
     async def close(self) -> None:
         """Close the HTTP session, if a send opened one."""
@@ -887,10 +894,7 @@ def _translate(status: int, body: bytes, headers: Mapping[str, str]) -> ChannelE
 
 
 def _too_large(media_id: str, size: int) -> PermanentDeliveryError:
-    return PermanentDeliveryError(
-        f"media {media_id} is {size} bytes, more than the {MAX_MEDIA_BYTES} Parley downloads",
-        code="media_too_large",
-    )
+    return too_large(f"media {media_id}", size, MAX_MEDIA_BYTES)
 
 
 # --- reading untrusted JSON ---------------------------------------------------------------------

@@ -18,7 +18,6 @@ from gateway.webchat import setup_webchat
 from gateway.webhooks import MAX_WEBHOOK_BYTES, setup_webhooks
 from gateway.wiring import build_runtime
 from parley.crypto import SecretBox
-from parley.media import MediaStore
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
 
@@ -36,7 +35,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     app[SECRET_BOX] = SecretBox(settings.secret_key)
     app[DISPATCHER] = runtime.dispatcher
     app[HUB] = runtime.hub
-    app[MEDIA] = MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
+    app[MEDIA] = runtime.media
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None

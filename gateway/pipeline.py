@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from channels.base import ButtonReply, DeliveryStatus, InboundEvent, InboundMessage
 from crm_core.consent import record_consent
 from crm_core.models import ChannelIdentity, Contact
+from inbox.media_fetch import MEDIA_PENDING_TOPIC
 from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
 from inbox.runtime import InboxRuntime
 from inbox.service import EARLY_STATUS_TOPIC, apply_delivery_status
@@ -67,13 +68,20 @@ async def ingest(db: Database, inbox: InboxRuntime, events: Sequence[InboundEven
 
 
 def _fits_fast_path(event: InboundEvent, inbox: InboxRuntime) -> TypeGuard[InboundMessage]:
-    # Keywords change consent, and a bare number may pick an option we offered as a numbered list.
+    # Keywords change consent, a bare number may pick an option we offered as a numbered list,
+    # and attachments the gateway must copy need one more event.
     return (
         isinstance(event, InboundMessage)
         and event.consent_change is None
         and event.thread_key is None
+        and event.part_of is None
         and _option_number(inbox, event) is None
+        and not _fetches_media(inbox, event)
     )
+
+
+def _fetches_media(inbox: InboxRuntime, event: InboundMessage) -> bool:
+    return inbox.channel.fetches_media and any(a.url for a in event.attachments)
 
 
 def _option_number(inbox: InboxRuntime, event: InboundMessage) -> int | None:
@@ -94,6 +102,9 @@ def _message_extra(event: InboundMessage, button_reply: ButtonReply | None = Non
     reply = button_reply or event.button_reply
     if reply is not None:
         extra["button_reply"] = asdict(reply)
+    for key, value in (("call", event.call), ("recording", event.recording), ("voicemail", event.voicemail)):
+        if value is not None:
+            extra[key] = asdict(value)
     return extra
 
 
@@ -327,6 +338,20 @@ _TOUCH_CONVERSATION = (
         resolved_at=None,
     )
 )
+# A message that belongs to an earlier one (a call's later events) joins its conversation quietly:
+# no reopening, and not the customer writing (`last_inbound_at` stays).
+_PART_OF = (
+    select(_conversations.c.id.label("conversation_id"), _conversations.c.contact_id)
+    .join(_messages, _messages.c.conversation_id == _conversations.c.id)
+    .where(
+        _messages.c.inbox_id == bindparam("inbox_id"), _messages.c.provider_message_id == bindparam("pmid")
+    )
+)
+_TOUCH_QUIETLY = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("conversation_id"))
+    .values(last_message_at=bindparam("now"), updated_at=bindparam("now"))
+)
 _INSERT_MESSAGE = insert(_messages).returning(_messages.c.id)
 
 
@@ -380,14 +405,19 @@ async def _store_message(
     now = utcnow()
     contact_id, identity_id, conversation_id = found.contact_id, found.identity_id, found.conversation_id
     events: list[tuple[str, dict[str, Any]]] = []
-    if event.thread_key is not None:
+    joined = None
+    if event.part_of is not None:
+        joined = (await conn.execute(_PART_OF, {"inbox_id": inbox.id, "pmid": event.part_of})).one_or_none()
+    if joined is not None:
+        contact_id, conversation_id = joined.contact_id, joined.conversation_id
+    elif event.thread_key is not None:
         thread = (
             await conn.execute(_THREAD, {"inbox_id": inbox.id, "thread_key": event.thread_key})
         ).one_or_none()
         conversation_id = None if thread is None else thread.id
         if thread is not None and thread.status == ConversationStatus.RESOLVED:
             events.append(("conversation.reopened", {"conversation_id": thread.id, "inbox_id": inbox.id}))
-    if identity_id is None:
+    if identity_id is None and joined is None:
         contact_id = (
             await conn.execute(
                 _INSERT_CONTACT,
@@ -441,7 +471,8 @@ async def _store_message(
             )
         )
     else:
-        await conn.execute(_TOUCH_CONVERSATION, {"conversation_id": conversation_id, "now": now})
+        touch = _TOUCH_CONVERSATION if joined is None else _TOUCH_QUIETLY
+        await conn.execute(touch, {"conversation_id": conversation_id, "now": now})
 
     message_id = (
         await conn.execute(
@@ -465,6 +496,8 @@ async def _store_message(
         )
     ).scalar_one()
     events.append(("message.received", _received(message_id, conversation_id, inbox.id, contact_id)))
+    if _fetches_media(inbox, event):
+        events.append((MEDIA_PENDING_TOPIC, {"message_id": message_id, "inbox_id": inbox.id}))
 
     if event.consent_change is not None:
         granted = event.consent_change == "opt_in"

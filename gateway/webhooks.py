@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
@@ -12,8 +14,10 @@ from gateway.errors import json_error
 from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER, SETTINGS
 from gateway.pipeline import ingest
 from inbox.runtime import InboxRuntime
+from parley.db import Database
 from parley.media import store_inline_attachments
 from parley.metrics import INBOUND_MESSAGES, WEBHOOKS
+from routing.presence import agents_available
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +78,23 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         request.app[NOTIFIER].notify()
     INBOUND_MESSAGES.labels(channel=channel_name).inc(len(result.stored))
     WEBHOOKS.labels(channel=channel_name, outcome="duplicate" if result.duplicates else "accepted").inc()
-    reply = inbox.channel.acknowledge(hook, events)
+    context = _Context(request.app[DB], inbox.tenant_id, tuple(result.stored))
+    reply = await inbox.channel.respond(hook, events, context)
     return web.Response(text=reply.body, content_type=reply.content_type, status=reply.status)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What a channel may ask while answering a webhook (`channels.base.WebhookContext`)."""
+
+    db: Database
+    tenant_id: int
+    stored_message_ids: Sequence[int]
+
+    async def agents_available(self) -> bool:
+        """Whether an agent of the tenant is online (asked only by channels that route live calls)."""
+        async with self.db.engine.connect() as conn:
+            return await agents_available(conn, self.tenant_id)
 
 
 async def handle_handshake(request: web.Request) -> web.StreamResponse:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from inbox.delivery import OutboundDelivery
+from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.realtime import Hub, build_hub
 from parley.settings import Settings
@@ -20,6 +22,7 @@ class Runtime:
     db: Database
     directory: InboxDirectory
     dispatcher: Dispatcher
+    media: MediaStore
     hub: Hub
 
     async def close(self) -> None:
@@ -29,11 +32,19 @@ class Runtime:
 
 
 def build_subscribers(
-    settings: Settings, db: Database, directory: InboxDirectory
+    settings: Settings, db: Database, directory: InboxDirectory, media: MediaStore
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
     delivery = OutboundDelivery(db, directory, lambda: settings.public_url)
-    return {OUTBOUND_TOPIC: [delivery.deliver], EARLY_STATUS_TOPIC: [delivery.apply_early_status]}
+    return {
+        OUTBOUND_TOPIC: [delivery.deliver],
+        EARLY_STATUS_TOPIC: [delivery.apply_early_status],
+        MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
+    }
+
+
+def build_media_store(settings: Settings) -> MediaStore:
+    return MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -41,5 +52,6 @@ def build_runtime(settings: Settings) -> Runtime:
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
     hub = build_hub(settings.redis_url)
     directory = InboxDirectory(db, SecretBox(settings.secret_key), hub=hub)
-    dispatcher = Dispatcher(db, build_subscribers(settings, db, directory))
-    return Runtime(settings, db, directory, dispatcher, hub)
+    media = build_media_store(settings)
+    dispatcher = Dispatcher(db, build_subscribers(settings, db, directory, media))
+    return Runtime(settings, db, directory, dispatcher, media, hub)

@@ -439,3 +439,30 @@ async def test_text_too_long_to_go_with_buttons_is_refused_by_the_api(gateway: G
     assert (status, answer["error"]["code"]) == (422, "message_too_long")
     status, _ = await gateway.api("POST", path, {"body": long_text})  # without buttons it is a text message
     assert status == 201
+
+
+async def test_an_inbound_image_is_downloaded_into_the_media_store_after_the_webhook_is_answered(
+    gateway: Gateway,
+) -> None:
+    media_id = gateway.fake.add_media(b"\xff\xd8\xff succulent", "image/jpeg")
+    payload = fixture_payload("message__image")
+    payload["entry"][0]["changes"][0]["value"]["messages"][0]["image"]["id"] = media_id
+    # The first try meets a Graph API outage: the copy is retried, the message is already stored.
+    gateway.fake.fail_next(503, 2, "Service temporarily unavailable")
+
+    assert (await gateway.post(payload))[0] == 200
+
+    async def copied() -> bool:
+        async with gateway.db.sessionmaker() as session:
+            message = (await session.execute(select(Message))).scalar_one()
+        return "media_key" in message.attachments[0]
+
+    await eventually(copied)
+    conversation_id = await gateway.conversation_id()
+    status, page = await gateway.api("GET", f"/conversations/{conversation_id}/messages")
+    assert status == 200
+    (attachment,) = page["data"][0]["attachments"]
+    assert attachment["content_type"] == "image/jpeg" and attachment["size"] == len(b"\xff\xd8\xff succulent")
+    async with gateway.client.get(attachment["url"].removeprefix(gateway.base_url)) as response:
+        assert await response.read() == b"\xff\xd8\xff succulent"
+    assert len([path for path in gateway.fake.media_requests if media_id in path]) >= 3  # failed, info, bytes

@@ -593,7 +593,13 @@ async def test_posting_a_message_queues_it_and_the_dispatcher_sends_it(api: Api)
         api.admin.user_id,
     )
     assert message["attachments"] == [
-        {"url": "https://cdn.example.com/label.png", "content_type": "image/png"}
+        {
+            "url": "https://cdn.example.com/label.png",
+            "content_type": "image/png",
+            "filename": None,
+            "size": None,
+            "error": None,
+        }
     ]
     assert await api.events("message.outbound") == [
         {"message_id": message["id"], "conversation_id": conversation_id, "inbox_id": inbox_id}
