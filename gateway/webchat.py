@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from aiohttp import BodyPartReader, WSCloseCode, WSMsgType, web
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from channels.base import DeliveryStatus, InboundMessage, MalformedPayload, SignatureError
 from channels.webchat import (
@@ -400,7 +400,13 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
                     await connection.error("frame_too_large", reason)
                     await ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=reason.encode())
                 elif msg.type == WSMsgType.TEXT:
-                    await connection.handle(msg.data)
+                    try:
+                        await connection.handle(msg.data)
+                    except SQLAlchemyError:
+                        # Nothing was stored; the widget reconnects and resends what was not accepted.
+                        logger.exception("inbox %s: web chat frame failed on the database", inbox.id)
+                        await connection.error("unavailable", "The chat is briefly unavailable; retrying.")
+                        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"database unavailable")
                 elif msg.type == WSMsgType.BINARY:
                     await connection.error(
                         "binary_not_accepted", f"send files with POST /webchat/{inbox.id}/uploads"

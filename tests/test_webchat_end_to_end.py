@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from channels.webchat import SessionTokens, typing_topic
 from crm_core.models import ChannelIdentity, Consent, Contact
@@ -229,6 +230,28 @@ async def test_a_message_resent_after_a_drop_is_stored_once(gateway: Gateway) ->
     assert again["message_id"] == first["message_id"]
     assert await gateway.count(Message) == 1
     assert (await gateway.topics()).count("message.received") == 1
+    await chat.ws.close()
+
+
+async def test_a_database_failure_closes_the_socket_so_the_widget_resends(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat, welcome, _ = await gateway.connect()
+
+    async def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("INSERT", None, ConnectionResetError("server closed the connection"))
+
+    monkeypatch.setattr("gateway.webchat.ingest", unavailable)
+    message_id = str(uuid.uuid4())
+    await chat.send(type="message", id=message_id, text="Hello?")
+    assert (await chat.expect("error"))["code"] == "unavailable"
+    closing = await chat.ws.receive(timeout=5)
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == aiohttp.WSCloseCode.INTERNAL_ERROR
+    monkeypatch.undo()
+
+    chat, _, _ = await gateway.connect(token=welcome["token"])
+    await chat.say("Hello?", message_id)  # the widget's resend, once the database is back
+    assert await gateway.count(Message) == 1
     await chat.ws.close()
 
 
