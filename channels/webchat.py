@@ -64,6 +64,11 @@ def typing_topic(tenant_id: int) -> str:
     return f"tenant:{tenant_id}:conversation.typing"
 
 
+def presence_topic(tenant_id: int) -> str:
+    """The hub topic open widgets of a tenant listen on for whether an agent is online."""
+    return f"tenant:{tenant_id}:webchat.presence"
+
+
 def anonymous_address(inbox_id: int, visitor_id: str) -> str:
     return f"{inbox_id}:v:{visitor_id}"
 

@@ -43,6 +43,7 @@ from channels.webchat import (
     anonymous_address,
     identified_address,
     parse_frame,
+    presence_topic,
     typing_topic,
     visitor_topic,
 )
@@ -55,7 +56,8 @@ from inbox.runtime import InboxRuntime
 from parley.db import Database
 from parley.media import store_inline_attachments
 from parley.metrics import INBOUND_MESSAGES
-from parley.realtime import HubUnavailable
+from parley.outbox import Event
+from parley.realtime import Hub, HubUnavailable, Subscription
 from routing.presence import agents_available
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,8 @@ HISTORY_LIMIT = 500
 CLOSE_INVALID_SESSION = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_PROTOCOL = 4400
+# Emitted by routing.presence.set_presence.
+PRESENCE_CHANGED_TOPIC = "agent.presence_changed"
 
 
 @dataclass(slots=True)
@@ -248,7 +252,7 @@ class _Connection:
             self.sent.add(message_id)
         await self.send({"type": "message", "message": message})
 
-    async def forward(self, subscription: Any) -> None:
+    async def forward(self, subscription: Subscription) -> None:
         async for frame in subscription:
             if frame.get("type") == "message" and isinstance(frame.get("message"), dict):
                 await self.push_message(frame["message"])
@@ -374,7 +378,11 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
 
     visitor = Visitor(inbox, channel, address)
     connection = _Connection(request, ws, visitor)
-    async with request.app[HUB].subscribe(visitor_topic(address)) as subscription:
+    hub = request.app[HUB]
+    async with (
+        hub.subscribe(visitor_topic(address)) as replies,
+        hub.subscribe(presence_topic(inbox.tenant_id)) as presence,
+    ):
         # Subscribed before reading history: a reply sent in between arrives twice at most, and
         # `push_message` sends it once.
         await connection.send(
@@ -392,7 +400,7 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
         messages = await history(request.app[DB], visitor, hello.since)
         connection.sent.update(m["id"] for m in messages)
         await connection.send({"type": "history", "messages": messages})
-        forwarder = asyncio.create_task(connection.forward(subscription))
+        forwarders = [asyncio.create_task(connection.forward(s)) for s in (replies, presence)]
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT and len(msg.data) > MAX_FRAME_BYTES:
@@ -412,11 +420,31 @@ async def handle_socket(request: web.Request) -> web.StreamResponse:
                         "binary_not_accepted", f"send files with POST /webchat/{inbox.id}/uploads"
                     )
         finally:
-            forwarder.cancel()
-            await asyncio.gather(forwarder, return_exceptions=True)
+            for forwarder in forwarders:
+                forwarder.cancel()
+            await asyncio.gather(*forwarders, return_exceptions=True)
     if ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
         logger.info("inbox %s: web chat frame over %s bytes refused", inbox.id, MAX_FRAME_BYTES)
     return ws
+
+
+class PresenceAnnouncer:
+    """Handler for `agent.presence_changed`: tells the tenant's open widgets whether anyone is online."""
+
+    def __init__(self, db: Database, hub: Hub) -> None:
+        self.db = db
+        self.hub = hub
+
+    async def announce(self, event: Event) -> None:
+        if event.tenant_id is None:
+            return
+        online = await _agents_online(self.db, event.tenant_id)
+        try:
+            await self.hub.publish(
+                presence_topic(event.tenant_id), {"type": "presence", "agents_online": online}
+            )
+        except HubUnavailable:  # a hint only: widgets ask again when they reconnect
+            logger.warning("could not tell web chat visitors that presence changed", exc_info=True)
 
 
 def _cors(response: web.Response, origin: str | None) -> web.Response:

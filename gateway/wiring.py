@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
@@ -36,11 +37,14 @@ def build_subscribers(
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
     delivery = OutboundDelivery(db, directory, lambda: settings.public_url)
-    return {
+    subscribers: dict[str, list[Handler]] = {
         OUTBOUND_TOPIC: [delivery.deliver],
         EARLY_STATUS_TOPIC: [delivery.apply_early_status],
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
     }
+    if directory.hub is not None:  # open web chat widgets learn when an agent comes online
+        subscribers[PRESENCE_CHANGED_TOPIC] = [PresenceAnnouncer(db, directory.hub).announce]
+    return subscribers
 
 
 def build_media_store(settings: Settings) -> MediaStore:

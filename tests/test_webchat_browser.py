@@ -288,6 +288,9 @@ async def test_with_nobody_online_the_widget_says_so_and_a_pre_chat_email_is_eno
     await part(page, "launcher").click()
     await expect(part(page, "offline-text")).to_be_visible()
     await expect(part(page, "offline-form")).to_be_hidden()
+    # An agent comes online: the open widget stops saying nobody is there.
+    await setup.agent_online()
+    await expect(part(page, "offline")).to_be_hidden()
     async with setup.db.sessionmaker() as session:
         kinds = sorted((await session.execute(select(ChannelIdentity.kind))).scalars())
     assert kinds == ["email", "web_visitor"]

@@ -511,14 +511,21 @@ async def test_typing_goes_both_ways(gateway: Gateway) -> None:
     await chat.ws.close()
 
 
-async def test_agents_online_is_reported_in_the_welcome(gateway: Gateway) -> None:
+async def test_open_widgets_learn_when_an_agent_comes_online_and_leaves(gateway: Gateway) -> None:
+    chat, welcome, _ = await gateway.connect()
+    assert welcome["agents_online"] is False and welcome["offline_text"]
+    for presence, online in (("online", True), ("away", False)):
+        response = await gateway.client.put(
+            "/api/v1/me/presence", data=json.dumps({"presence": presence}), headers=gateway.tenant.headers
+        )
+        assert response.status == 200
+        assert (await chat.expect("presence"))["agents_online"] is online
+    await chat.ws.close()
     response = await gateway.client.put(
         "/api/v1/me/presence", data=json.dumps({"presence": "online"}), headers=gateway.tenant.headers
     )
-    assert response.status == 200
     chat, welcome, _ = await gateway.connect()
     assert welcome["agents_online"] is True
-    assert welcome["offline_text"]
     await chat.ws.close()
 
 

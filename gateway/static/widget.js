@@ -302,9 +302,13 @@
     var needPrechat = frame.pre_chat_form && !saved.contactGiven;
     show(prechat, needPrechat, "flex");
     show(composer, !needPrechat, "flex");
-    show(offline, !frame.agents_online);
-    show(offlineForm, !frame.agents_online && !saved.emailGiven, "flex");
-    show(offlineThanks, !frame.agents_online && !!saved.emailGiven);
+    applyPresence(frame.agents_online);
+  }
+
+  function applyPresence(online) {
+    show(offline, !online);
+    show(offlineForm, !online && !saved.emailGiven, "flex");
+    show(offlineThanks, !online && !!saved.emailGiven);
   }
 
   function receive(frame) {
@@ -333,6 +337,9 @@
         if (frame.typing) {
           agentTypingTimer = setTimeout(function () { show(typing, false); }, 8000);
         }
+        break;
+      case "presence":
+        applyPresence(frame.agents_online);
         break;
       case "contact_saved":
         break;
