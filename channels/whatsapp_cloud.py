@@ -289,8 +289,8 @@ class WhatsAppCloud(Channel):
             payload = json.loads(request.body)
             changes = [c for e in payload["entry"] for c in e["changes"] if c.get("field") in _CHANGE_PARSERS]
             numbers = {str(c["value"]["metadata"]["phone_number_id"]) for c in changes}
-        except (ValueError, KeyError, TypeError):
-            return frozenset()  # parse() has judged the body already
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return frozenset()  # parse() has judged (and refused) such a body already
         return frozenset(numbers - {self.phone_number_id})
 
     @classmethod
