@@ -30,7 +30,7 @@ class Attachment:
     """A file on a message: `url` where it can be fetched, or the bytes in `data` until stored.
 
     Channels that receive files inline (email, chat uploads) set `data`; the gateway stores it in
-    the media store (`parley.media.store_inline_attachments`) and sets `url` before ingest.
+    the media store (`inbox.media_fetch.store_inline_attachments`) and sets `url` before ingest.
     """
 
     url: str

@@ -13,9 +13,9 @@ from channels.base import MalformedPayload, SignatureError, WebhookRequest
 from gateway.errors import json_error
 from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER, SETTINGS
 from gateway.pipeline import ingest
+from inbox.media_fetch import store_inline_attachments
 from inbox.runtime import InboxRuntime
 from parley.db import Database
-from parley.media import store_inline_attachments
 from parley.metrics import INBOUND_MESSAGES, WEBHOOKS
 from routing.presence import agents_available
 
