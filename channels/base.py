@@ -30,7 +30,7 @@ class Attachment:
     """A file on a message: `url` where it can be fetched, or the bytes in `data` until stored.
 
     Channels that receive files inline (email, chat uploads) set `data`; the gateway stores it in
-    the media store (`parley.media.store_inline_attachments`) and sets `url` before ingest.
+    the media store (`inbox.media_fetch.store_inline_attachments`) and sets `url` before ingest.
     """
 
     url: str
@@ -345,6 +345,19 @@ class Channel(ABC):
     @abstractmethod
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """Send one message; translate provider failures into the error taxonomy above."""
+
+    def other_recipients(self, request: WebhookRequest) -> frozenset[str]:
+        """Sibling inboxes (by `sibling_key`) a verified request also carries events for.
+
+        Meta posts every phone number of an app to the app's one callback URL: the gateway hands
+        those events to the inbox of the number they concern, if the tenant has one.
+        """
+        return frozenset()
+
+    @classmethod
+    def sibling_key(cls, settings: Mapping[str, Any]) -> str | None:
+        """What `other_recipients` calls an inbox with these settings (WhatsApp's phone_number_id)."""
+        return None
 
     async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
         """Download an inbound attachment this channel reported (only if `fetches_media`).

@@ -217,11 +217,7 @@ class TwilioSms(Channel):
         if not phone_number and not messaging_service_sid:
             raise ConfigurationError("one of phone_number or messaging_service_sid is required")
 
-        api_base_url = optional_str(settings, "api_base_url") or DEFAULT_API_BASE_URL
-        parts = urlsplit(api_base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ConfigurationError(f"api_base_url {api_base_url!r} must be an http(s) URL without query")
-        cleaned["api_base_url"] = api_base_url.rstrip("/")
+        cleaned["api_base_url"] = api_base_url_setting(settings)
 
         timeout = settings.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
@@ -309,23 +305,13 @@ class TwilioSms(Channel):
 
     async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
         """An MMS/WhatsApp media file by its MediaUrl, read with the account's credentials."""
-        url, api = urlsplit(attachment.url), urlsplit(self.api_base_url)
-        # Credentials go to the Twilio API only; its redirect to storage goes without them.
-        ours = (url.scheme, url.netloc) == (api.scheme, api.netloc)
-        if not ours or f"/Accounts/{self.account_sid}/" not in url.path:
-            raise PermanentDeliveryError(
-                f"{attachment.url!r} is not this account's media", code="not_fetchable"
-            )
-        credentials = base64.b64encode(f"{self.account_sid}:{self._auth_token}".encode()).decode()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout * 6)) as session:
-            fetched = await download(
-                session,
-                attachment.url,
-                max_bytes=MAX_MEDIA_BYTES,
-                what=f"Twilio media {url.path.rsplit('/', 1)[-1]}",
-                headers={"Authorization": f"Basic {credentials}"},
-            )
-        return FetchedMedia(fetched.data, attachment.content_type or fetched.content_type)
+        return await fetch_media(
+            attachment,
+            api_base_url=self.api_base_url,
+            account_sid=self.account_sid,
+            auth_token=self._auth_token,
+            timeout=self.timeout * 6,
+        )
 
     async def close(self) -> None:
         """Close the HTTP session, if a send opened one."""
@@ -421,6 +407,38 @@ def media_attachments(form: MultiMapping[str], consumed: set[str]) -> tuple[Atta
         attachments.append(Attachment(url=url, content_type=form.get(f"MediaContentType{i}") or None))
         consumed.update((f"MediaUrl{i}", f"MediaContentType{i}"))
     return tuple(attachments)
+
+
+def api_base_url_setting(settings: Mapping[str, Any]) -> str:
+    """The Twilio API's origin: Twilio's own, or a compatible provider's (or a test fake)."""
+    api_base_url = optional_str(settings, "api_base_url") or DEFAULT_API_BASE_URL
+    parts = urlsplit(api_base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(f"api_base_url {api_base_url!r} must be an http(s) URL without query")
+    return api_base_url.rstrip("/")
+
+
+async def fetch_media(
+    attachment: Attachment, *, api_base_url: str, account_sid: str, auth_token: str, timeout: float
+) -> FetchedMedia:
+    """A media file or recording on the account's API, read with its credentials.
+
+    Credentials go to the Twilio API only; its redirect to storage goes without them.
+    """
+    url, api = urlsplit(attachment.url), urlsplit(api_base_url)
+    ours = (url.scheme, url.netloc) == (api.scheme, api.netloc)
+    if not ours or f"/Accounts/{account_sid}/" not in url.path:
+        raise PermanentDeliveryError(f"{attachment.url!r} is not this account's media", code="not_fetchable")
+    credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        fetched = await download(
+            session,
+            attachment.url,
+            max_bytes=MAX_MEDIA_BYTES,
+            what=f"Twilio media {url.path.rsplit('/', 1)[-1]}",
+            headers={"Authorization": f"Basic {credentials}"},
+        )
+    return FetchedMedia(fetched.data, attachment.content_type or fetched.content_type)
 
 
 def delivery_status(form: MultiMapping[str], error_messages: Mapping[str, str]) -> DeliveryStatus:

@@ -47,6 +47,7 @@ from channels.base import (
     Capabilities,
     Channel,
     ConfigurationError,
+    FetchedMedia,
     InboundEvent,
     InboundMessage,
     MalformedPayload,
@@ -60,7 +61,14 @@ from channels.base import (
     WebhookRequest,
 )
 from channels.common import optional_str, required_str
-from channels.twilio_sms import leftovers, normalise_phone, verify_signature
+from channels.twilio_sms import (
+    DEFAULT_API_BASE_URL,
+    api_base_url_setting,
+    fetch_media,
+    leftovers,
+    normalise_phone,
+    verify_signature,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +138,8 @@ class TwilioVoice(Channel):
     consent_channel = "voice"
     # A call cannot carry a typed reply: the API refuses one before anything is queued.
     capabilities = Capabilities(replies=False)
+    # Voicemail recordings: Twilio can require auth to play them, and deletes them on request.
+    fetches_media = True
 
     def __init__(
         self,
@@ -151,8 +161,11 @@ class TwilioVoice(Channel):
         voicemail_max_length: int = 120,
         transcribe: bool = True,
         goodbye: str = DEFAULT_GOODBYE,
+        api_base_url: str = DEFAULT_API_BASE_URL,
     ) -> None:
         self.account_sid = account_sid
+        self.api_base_url = api_base_url
+        self._auth_token = auth_token
         self.phone_number = phone_number
         self.default_region = default_region
         self.greeting = greeting
@@ -181,7 +194,11 @@ class TwilioVoice(Channel):
         default_region = (optional_str(settings, "default_region") or "US").upper()
         if default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise ConfigurationError(f"default_region {default_region!r} is not a known ISO country code")
-        cleaned: dict[str, Any] = {"account_sid": account_sid, "default_region": default_region}
+        cleaned: dict[str, Any] = {
+            "account_sid": account_sid,
+            "default_region": default_region,
+            "api_base_url": api_base_url_setting(settings),
+        }
         phone_number = optional_str(settings, "phone_number")
         if phone_number:
             e164 = normalise_phone(phone_number, default_region)
@@ -282,6 +299,16 @@ class TwilioVoice(Channel):
             self._say(response, self.goodbye)
             return _twiml(_hangup(response))
         return self.acknowledge(request, events)
+
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """A voicemail recording, read with the account's credentials."""
+        return await fetch_media(
+            attachment,
+            api_base_url=self.api_base_url,
+            account_sid=self.account_sid,
+            auth_token=self._auth_token,
+            timeout=60.0,
+        )
 
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """Refuse: a phone line carries no written reply (the API refuses these before queuing)."""

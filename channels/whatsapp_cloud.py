@@ -2,8 +2,8 @@
 
 Meta posts every change of a WhatsApp Business Account to one callback URL: messages and delivery
 statuses arrive as `field: "messages"` changes, tagged with the business phone number they concern.
-An inbox is one business phone number (`phone_number_id`); changes for other numbers of the same
-app or account are acknowledged and ignored.
+An inbox is one business phone number (`phone_number_id`); changes for the app's other numbers are
+handed to the tenant's inbox for that number, if there is one (`other_recipients`), else ignored.
 
 Meta's signature (`X-Hub-Signature-256`) carries no timestamp, and Meta itself redelivers for days,
 so there is no staleness window to enforce: a replayed message is a duplicate of its `wamid`, which
@@ -282,6 +282,21 @@ class WhatsAppCloud(Channel):
                     continue
                 events.extend(parser(value, f"{where}.value", self._media_url))
         return events
+
+    def other_recipients(self, request: WebhookRequest) -> frozenset[str]:
+        """The app's other phone numbers this body has changes for (one callback URL per app)."""
+        try:
+            payload = json.loads(request.body)
+            changes = [c for e in payload["entry"] for c in e["changes"] if c.get("field") in _CHANGE_PARSERS]
+            numbers = {str(c["value"]["metadata"]["phone_number_id"]) for c in changes}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return frozenset()  # parse() has judged (and refused) such a body already
+        return frozenset(numbers - {self.phone_number_id})
+
+    @classmethod
+    def sibling_key(cls, settings: Mapping[str, Any]) -> str | None:
+        value = settings.get("phone_number_id")
+        return value if isinstance(value, str) else None
 
     def acknowledge(self, request: WebhookRequest, events: Sequence[InboundEvent]) -> WebhookReply:
         """An empty 200: Meta wants nothing back, and retries anything else."""

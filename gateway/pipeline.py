@@ -149,6 +149,10 @@ WITH found AS (
     WHERE conversations.id = found.conversation_id AND found.duplicate_id IS NULL
         AND conversations.status <> 'resolved'
     RETURNING conversations.id, conversations.contact_id
+), named AS (
+    UPDATE contacts SET name = CAST(:name AS varchar), updated_at = :now
+    FROM touched
+    WHERE contacts.id = touched.contact_id AND contacts.name IS NULL AND CAST(:name AS varchar) IS NOT NULL
 ), message AS (
     INSERT INTO messages (tenant_id, inbox_id, conversation_id, direction, sender_type, sender_id,
         body, attachments, provider_message_id, status, attempts, extra, created_at, updated_at)
@@ -222,6 +226,7 @@ async def _ingest_in_one_statement(
         "kind": event.sender.kind,
         "address": event.sender.value,
         "now": utcnow(),
+        "name": event.sender_name,
         "body": event.text,
         "attachments": json.dumps(_attachments(event)),
         "extra": json.dumps(_message_extra(event)),
@@ -235,7 +240,6 @@ async def _ingest_in_one_statement(
             row = await pg.fetchrow(_RETURNING_SENDER_SQL, *_RETURNING_SENDER_ARGS(params))
             if row["duplicate_id"] is None and row["message_id"] is None:
                 contact = {
-                    "name": event.sender_name,
                     "phone": event.sender.value if event.sender.kind == "phone" else None,
                     "email": event.sender.value if event.sender.kind == "email" else None,
                 }
@@ -324,6 +328,11 @@ _THREAD = select(_conversations.c.id, _conversations.c.status).where(
     _conversations.c.inbox_id == bindparam("inbox_id"), _conversations.c.thread_key == bindparam("thread_key")
 )
 _INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
+_NAME_UNNAMED = (
+    update(_contacts)
+    .where(_contacts.c.id == bindparam("contact_id"), _contacts.c.name.is_(None))
+    .values(name=bindparam("sender_name"), updated_at=bindparam("now"))
+)
 _INSERT_IDENTITY = insert(_identities).returning(_identities.c.id)
 _INSERT_CONVERSATION = insert(_conversations).returning(_conversations.c.id)
 # A customer writing again wakes a snoozed or pending conversation, or a resolved thread.
@@ -445,6 +454,11 @@ async def _store_message(
             )
         ).scalar_one()
         events.append(("contact.created", {"contact_id": contact_id}))
+    elif event.sender_name:
+        # A contact first seen without a name (an SMS) gets the one a later channel reports.
+        await conn.execute(
+            _NAME_UNNAMED, {"contact_id": contact_id, "sender_name": event.sender_name, "now": now}
+        )
 
     if conversation_id is None:
         conversation_id = (

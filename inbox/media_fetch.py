@@ -1,4 +1,4 @@
-"""Inbound media into the media store: the outbox handler for `message.media_pending`.
+"""Inbound media into the media store: bytes received inline, and the `message.media_pending` handler.
 
 WhatsApp's media ids, Telegram's file ids and Slack's private URLs can only be read with the
 inbox's credentials, and Twilio deletes media when asked or after a while; agents need the file
@@ -9,11 +9,20 @@ copied afterwards, retried with the outbox's backoff when the provider is unavai
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select, update
 
-from channels.base import Attachment, ChannelAuthError, PermanentDeliveryError, TransientDeliveryError
+from channels.base import (
+    Attachment,
+    ChannelAuthError,
+    InboundEvent,
+    InboundMessage,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from inbox.models import Message
 from inbox.runtime import InboxDirectory
 from parley.db import Database
@@ -102,3 +111,43 @@ class MediaFetcher:
                 )
         if retry is not None:
             raise RetryLater(f"attachment download: {retry}", delay=retry.retry_after) from retry
+
+
+async def store_inline_attachments(
+    store: MediaStore, tenant_id: int, events: Sequence[InboundEvent]
+) -> list[InboundEvent]:
+    """Store the bytes channels received inline and point the attachments at the stored files.
+
+    An attachment over the size limit stays listed (name, type, size) without a URL, so the agent
+    sees that something was sent and the rest of the message is not lost.
+    """
+    stored_events: list[InboundEvent] = []
+    for event in events:
+        if not isinstance(event, InboundMessage) or not any(a.data is not None for a in event.attachments):
+            stored_events.append(event)
+            continue
+        attachments = []
+        for attachment in event.attachments:
+            if attachment.data is None:
+                attachments.append(attachment)
+                continue
+            try:
+                media = await store.put(
+                    tenant_id,
+                    attachment.data,
+                    filename=attachment.filename,
+                    content_type=attachment.content_type,
+                )
+            except MediaTooLarge:
+                attachments.append(replace(attachment, url="", size=len(attachment.data), data=None))
+                continue
+            attachments.append(
+                Attachment(
+                    url=media.url,
+                    content_type=media.content_type,
+                    filename=media.filename,
+                    size=media.size,
+                )
+            )
+        stored_events.append(replace(event, attachments=tuple(attachments)))
+    return stored_events

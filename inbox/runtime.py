@@ -67,6 +67,27 @@ class InboxDirectory:
         self._cache[inbox_id] = (now, updated_at, runtime)
         return runtime
 
+    async def siblings(self, inbox: InboxRuntime, keys: frozenset[str]) -> list[InboxRuntime]:
+        """The tenant's other inboxes of the same channel whose `sibling_key` is among `keys`."""
+        if not keys:
+            return []
+        async with self.db.sessionmaker() as session:
+            ids = (
+                await session.scalars(
+                    select(Inbox.id).where(
+                        Inbox.tenant_id == inbox.tenant_id,
+                        Inbox.channel == inbox.channel_name,
+                        Inbox.id != inbox.id,
+                    )
+                )
+            ).all()
+        found = []
+        for inbox_id in ids:
+            sibling = await self.get(inbox_id)
+            if sibling is not None and type(sibling.channel).sibling_key(sibling.settings) in keys:
+                found.append(sibling)
+        return found
+
     async def forget(self, inbox_id: int) -> None:
         """Drop a cached inbox after it was changed or deleted."""
         hit = self._cache.pop(inbox_id, None)

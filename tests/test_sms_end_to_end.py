@@ -413,9 +413,9 @@ async def test_sms_webhooks_have_no_get_handshake(gateway: Gateway) -> None:
         assert response.status == 405
 
 
+# Server-side connection loss is a PostgreSQL matter: SQLite has no server.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_the_gateway_recovers_when_postgresql_drops_its_connections(gateway: Gateway) -> None:
-    if gateway.db.is_sqlite:
-        pytest.skip("server-side connection loss is a PostgreSQL matter; SQLite has no server")
     assert (await gateway.post(inbound_sms(sid="SM" + "1" * 32)))[0] == 200  # pooled connections exist now
     async with gateway.db.engine.connect() as conn:  # as a restart or an idle timeout would
         terminated = len(

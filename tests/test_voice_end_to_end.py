@@ -22,7 +22,7 @@ from inbox.models import Conversation, Message
 from parley.db import Database
 from parley.models import OutboxEvent
 from parley.settings import Settings
-from tests.conftest import TenantAccess, make_tenant
+from tests.conftest import TenantAccess, eventually, make_tenant
 from tests.fakes.twilio_api import FakeTwilioApi, load_fixture, post_signed, sign
 from tests.fakes.whatsapp_cloud_api import load_fixture as load_cloud_fixture
 from tests.fakes.whatsapp_cloud_api import post_webhook
@@ -94,7 +94,8 @@ class Line:
             {
                 "name": "Phone line",
                 "channel": "twilio_voice",
-                "settings": {"account_sid": self.fake.account_sid} | settings,
+                "settings": {"account_sid": self.fake.account_sid, "api_base_url": self.fake.base_url}
+                | settings,
                 "secrets": {"auth_token": self.fake.auth_token},
             },
         )
@@ -161,9 +162,9 @@ async def test_call_with_nobody_online_ends_in_voicemail_on_the_callers_timeline
     # The caller records and hangs up: the Record action, then the recording and transcription callbacks.
     goodbye = await line.twilio(record.get("action"), voice("recorded__voicemail"))
     assert goodbye.verbs == ["Say", "Hangup"]
-    assert (
-        await line.twilio(record.get("recordingStatusCallback"), voice("recording__completed"))
-    ).verbs == []
+    recording_url = line.fake.add_recording(b"ID3 voicemail audio")
+    recorded = [(k, recording_url if k == "RecordingUrl" else v) for k, v in voice("recording__completed")]
+    assert (await line.twilio(record.get("recordingStatusCallback"), recorded)).verbs == []
     transcribed = await line.twilio(record.get("transcribeCallback"), voice("transcription__completed"))
     assert transcribed.verbs == []
     # And the number's call status callback, once the call is over.
@@ -171,6 +172,12 @@ async def test_call_with_nobody_online_ends_in_voicemail_on_the_callers_timeline
 
     [conversation] = await line.conversations(inbox["id"])
     assert conversation["status"] == "open"
+
+    async def recording_copied() -> bool:
+        timeline = await line.timeline(conversation["id"])
+        return any("/media/" in a["url"] for m in timeline for a in m["attachments"])
+
+    await eventually(recording_copied)  # into the media store, after the callback was answered
     timeline = await line.timeline(conversation["id"])
     assert [m["body"] for m in timeline] == [
         f"Incoming call from {CALLER}",
@@ -189,8 +196,13 @@ async def test_call_with_nobody_online_ends_in_voicemail_on_the_callers_timeline
         "leg": None,
     }
     assert recording["content_attributes"]["recording"]["duration"] == 42
-    assert recording["attachments"][0]["url"].endswith(".mp3")
     assert recording["attachments"][0]["content_type"] == "audio/mpeg"
+    assert recording["attachments"][0]["filename"].endswith(".mp3")
+    async with line.client.get(recording["attachments"][0]["url"].removeprefix(line.base_url)) as response:
+        assert await response.read() == b"ID3 voicemail audio"
+    assert [path for path, _ in line.fake.media_requests] == [
+        f"{recording_url.removeprefix(line.fake.base_url)}.mp3"
+    ]
     assert transcript["content_attributes"]["voicemail"]["transcript"] == transcript["body"]
     assert completed["content_attributes"]["call"]["duration"] == 133
 

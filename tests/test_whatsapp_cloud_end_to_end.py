@@ -466,3 +466,42 @@ async def test_an_inbound_image_is_downloaded_into_the_media_store_after_the_web
     async with gateway.client.get(attachment["url"].removeprefix(gateway.base_url)) as response:
         assert await response.read() == b"\xff\xd8\xff succulent"
     assert len([path for path in gateway.fake.media_requests if media_id in path]) >= 3  # failed, info, bytes
+
+
+async def _second_number(gw: Gateway, *, app_secret: str, tenant: TenantAccess | None = None) -> int:
+    """Another business number (of the same Meta app unless `app_secret` differs), as its own inbox."""
+    who = tenant or gw.tenant
+    async with gw.client.post(
+        "/api/v1/inboxes",
+        json={
+            "name": "WhatsApp sales",
+            "channel": "whatsapp_cloud",
+            "settings": {"phone_number_id": "109874532118234", "api_base_url": gw.fake.base_url},
+            "secrets": {"access_token": gw.fake.access_token, "app_secret": app_secret, "verify_token": "v2"},
+        },
+        headers=who.headers,
+    ) as response:
+        inbox = await response.json()
+        assert response.status == 201, inbox
+    return int(inbox["id"])
+
+
+async def test_changes_for_the_apps_other_number_reach_that_numbers_inbox(gateway: Gateway) -> None:
+    # Meta has one callback URL per app: the second number's messages arrive on the first's URL.
+    sales = await _second_number(gateway, app_secret=gateway.fake.app_secret)
+
+    assert await gateway.post(load_fixture("message__other_phone_number")) == (200, "")
+    assert await gateway.post(load_fixture("message__other_phone_number")) == (200, "")  # Meta retrying
+
+    async with gateway.db.sessionmaker() as session:
+        stored = (await session.execute(select(Message.inbox_id, Message.provider_message_id))).all()
+    assert stored == [(sales, "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQU9USEVSTlVNQkVSMTIzNDU2AA=")]
+
+
+async def test_another_apps_or_tenants_inbox_for_that_number_gets_nothing(gateway: Gateway) -> None:
+    await _second_number(gateway, app_secret="f" * 32)  # the same number, claimed by another app
+    other_tenant = await make_tenant(gateway.db, "globex")
+    await _second_number(gateway, app_secret=gateway.fake.app_secret, tenant=other_tenant)
+
+    assert await gateway.post(load_fixture("message__other_phone_number")) == (200, "")
+    assert await gateway.count(Message) == 0

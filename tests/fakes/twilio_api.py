@@ -92,6 +92,21 @@ class FakeTwilioApi:
         messages = f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}/Messages"
         return f"{messages}/{message_sid}/Media/{media_sid}"
 
+    def add_recording(self, data: bytes) -> str:
+        """A call recording; returns its RecordingUrl (Twilio serves `<url>.mp3` as audio/mpeg)."""
+        recording_sid = "RE" + secrets.token_hex(16)
+        self.media[recording_sid] = (data, "audio/mpeg")
+        return f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}/Recordings/{recording_sid}"
+
+    async def _recording(self, request: web.Request) -> web.Response:
+        self.media_requests.append((request.path, request.headers.get("Authorization")))
+        if not self._authorised(request):
+            return _error(401, 20003, "Authenticate")
+        found = self.media.get(request.match_info["recording_sid"])
+        if found is None:
+            return _error(404, 20404, "The requested resource was not found")
+        return web.Response(body=found[0], content_type=found[1])
+
     async def _media(self, request: web.Request) -> web.Response:
         self.media_requests.append((request.path, request.headers.get("Authorization")))
         if not self._authorised(request):
@@ -113,6 +128,7 @@ class FakeTwilioApi:
         app.router.add_get(f"{prefix}/Messages/{{sid}}.json", self._fetch_message)
         app.router.add_get(f"{prefix}/Messages/{{sid}}/Media/{{media_sid}}", self._media)
         app.router.add_get("/media-storage/{media_sid}", self._media_storage)
+        app.router.add_get(f"{prefix}/Recordings/{{recording_sid}}.mp3", self._recording)
         self._stopping = asyncio.Event()
         self._runner, self.base_url = await serve_on_loopback(app)
         storage = web.TCPSite(self._runner, "127.0.0.1", 0)
