@@ -51,10 +51,10 @@ from gateway.errors import json_error
 from gateway.keys import DB, DIRECTORY, HUB, MEDIA, NOTIFIER, SETTINGS
 from gateway.pipeline import ingest
 from inbox.linking import announce, ensure_identity, link_email, normalised_email, set_name_if_unknown
+from inbox.media_fetch import store_inline_attachments
 from inbox.models import Conversation, Message, MessageStatus
 from inbox.runtime import InboxRuntime
 from parley.db import Database
-from parley.media import store_inline_attachments
 from parley.metrics import INBOUND_MESSAGES
 from parley.outbox import Event
 from parley.realtime import Hub, HubUnavailable, Subscription
