@@ -143,7 +143,7 @@
   input.maxLength = 5000;
   var file = el("input", "file", { display: "none" });
   file.type = "file";
-  var attach = el("button", "attach", null, "📎");
+  var attach = el("button", "attach", null, "Attach");
   attach.type = "button";
   attach.setAttribute("aria-label", "Attach a file");
   var send = el("button", "send", null, "Send");
