@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -75,6 +76,15 @@ HISTORY_LIMIT = 500
 CLOSE_INVALID_SESSION = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_PROTOCOL = 4400
+CLOSE_TOO_FAST = 4429
+# Frames that write (messages, contact details): a burst of this many, then this many a second. A
+# person typing never gets near it; a script flooding an inbox is cut off, and its widget would
+# reconnect with backoff and resend what was not accepted.
+WRITE_BURST = 20
+WRITES_PER_SECOND = 1.0
+# Acks and typing: a reconnect acks a whole history at once, so a far larger budget.
+SIGNAL_BURST = 1000
+SIGNALS_PER_SECOND = 50.0
 # Emitted by routing.presence.set_presence.
 PRESENCE_CHANGED_TOPIC = "agent.presence_changed"
 
@@ -227,6 +237,25 @@ async def save_contact_details(app: web.Application, visitor: Visitor, details: 
     app[NOTIFIER].notify()
 
 
+class TokenBucket:
+    """`burst` actions at once, then `rate` a second."""
+
+    def __init__(self, burst: int, rate: float) -> None:
+        self.burst = burst
+        self.rate = rate
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class _Connection:
     """One open widget socket."""
 
@@ -235,6 +264,8 @@ class _Connection:
         self.ws = ws
         self.visitor = visitor
         self.sent: set[int] = set()
+        self.writes = TokenBucket(WRITE_BURST, WRITES_PER_SECOND)
+        self.signals = TokenBucket(SIGNAL_BURST, SIGNALS_PER_SECOND)
 
     async def send(self, frame: Mapping[str, Any]) -> None:
         if not self.ws.closed:
@@ -264,6 +295,12 @@ class _Connection:
             frame = parse_frame(raw)
         except MalformedPayload as e:
             await self.error("malformed_frame", str(e))
+            return
+        budget = self.writes if isinstance(frame, Say | ContactDetails) else self.signals
+        if not budget.take():
+            reason = "too many frames in a row; slow down"
+            await self.error("rate_limited", reason)
+            await self.ws.close(code=CLOSE_TOO_FAST, message=b"rate limited")
             return
         if isinstance(frame, Say):
             try:

@@ -373,6 +373,18 @@ async def test_oversized_and_malformed_frames_are_refused_clearly(gateway: Gatew
     assert await gateway.count(Message) == 0
 
 
+async def test_a_flood_of_messages_is_cut_off(gateway: Gateway) -> None:
+    chat, _, _ = await gateway.connect()
+    for n in range(40):
+        await chat.send(type="message", id=str(uuid.uuid4()), text=f"spam {n}")
+    error = await chat.expect("error")
+    assert error["code"] == "rate_limited" and "slow down" in error["message"]
+    while (msg := await chat.ws.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+        pass
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4429
+    assert 20 <= await gateway.count(Message) < 40
+
+
 async def test_a_first_frame_that_is_not_hello_closes_the_socket(gateway: Gateway) -> None:
     ws = await gateway.client.ws_connect(f"/webchat/{gateway.inbox_id}/ws", headers={"Origin": ORIGIN})
     await ws.send_str(json.dumps({"type": "message", "id": str(uuid.uuid4()), "text": "hi"}))
