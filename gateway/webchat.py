@@ -6,11 +6,16 @@ The protocol, JSON text frames (see `channels.webchat` for the widget's frames):
    `hello` with its session token (if it has one), the host site's `identifier` and
    `identifier_hash` (logged-in users), and `since`: the last message id it has.
 2. The gateway answers `welcome` (a fresh token, the inbox's texts, whether an agent is online),
-   then `history` (the visitor's messages after `since`), then pushes `message` and `typing` frames
-   as they happen. A forged or expired token closes the socket with 4401, a wrong identity hash
-   with 4403, both after an `error` frame that says why.
+   then `history` (the visitor's messages after `since`), then pushes `message`, `typing` and
+   `presence` (an agent came online or left) frames as they happen. A forged or expired token
+   closes the socket with 4401, a wrong identity hash with 4403, both after an `error` frame that
+   says why.
 3. Visitor messages are acknowledged with `accepted` once stored; a resend of the same id (after a
    dropped connection) is stored once. Replies are acknowledged back with `ack` (delivered, read).
+   `contact` carries the pre-chat form or the offline email prompt, `typing` the visitor's typing.
+4. Anything wrong with a frame is answered with an `error` frame (`code`, `message`); a frame over
+   64 KiB closes the socket with 1009, a flood of messages with 4429, a database failure with 1011
+   (the widget reconnects with backoff and resends what was not accepted).
 """
 
 from __future__ import annotations
