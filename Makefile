@@ -21,6 +21,7 @@ lint: test-deps
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	lint-imports
 
 bench: test-deps
 	$(PYTHON) bench/ingest.py

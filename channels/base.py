@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
@@ -30,7 +30,7 @@ class Attachment:
     """A file on a message: `url` where it can be fetched, or the bytes in `data` until stored.
 
     Channels that receive files inline (email, chat uploads) set `data`; the gateway stores it in
-    the media store (`parley.media.store_inline_attachments`) and sets `url` before ingest.
+    the media store (`inbox.media_fetch.store_inline_attachments`) and sets `url` before ingest.
     """
 
     url: str
@@ -71,6 +71,41 @@ class ButtonReply:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEvent:
+    """Something that happened on a phone call.
+
+    `status` is the call's status (ringing, in-progress, completed, busy…); with `leg` set
+    ("agent": ringing agents, "queue": waiting in a queue) it is what that attempt came to.
+    """
+
+    call_id: str
+    status: str
+    direction: str | None = None
+    duration: int | None = None  # seconds, once the call (or leg) is over
+    leg: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """A recording of a call (a voicemail): where to fetch it and how long it is."""
+
+    recording_id: str
+    url: str
+    duration: int | None = None
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Voicemail:
+    """A voicemail's transcription; `transcript` is None when transcribing failed."""
+
+    transcription_id: str
+    recording_id: str | None
+    status: str
+    transcript: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundMessage:
     """A message a customer sent, as every channel reports it.
 
@@ -98,6 +133,14 @@ class InboundMessage:
     # A conversation the channel has proof this message belongs to (a signed reply-to address);
     # the pipeline still checks that it is in the inbox.
     conversation_id: int | None = None
+    # Phone calls: an event of the call, its recording, the recording's transcription.
+    call: CallEvent | None = None
+    recording: Recording | None = None
+    voicemail: Voicemail | None = None
+    # The provider id of an earlier message this one belongs to (a call's later events belong to
+    # the call): it joins that message's conversation whatever its status, without reopening it
+    # or counting as the customer writing. Stored the usual way when that message is unknown.
+    part_of: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -204,6 +247,8 @@ class Capabilities:
     # The channel sends files' bytes itself (email attaches them): delivery reads attachments
     # kept in the media store into `Attachment.data` instead of leaving the channel a URL.
     inline_attachments: bool = False
+    # False for channels nothing can be sent on (a phone line): the API refuses replies up front.
+    replies: bool = True
 
 
 class ChannelError(Exception):
@@ -242,6 +287,28 @@ class PermanentDeliveryError(ChannelError):
         self.code = code
 
 
+@dataclass(frozen=True, slots=True)
+class FetchedMedia:
+    """An inbound attachment's bytes, downloaded with the inbox's credentials."""
+
+    data: bytes
+    content_type: str | None = None
+    filename: str | None = None
+
+
+class WebhookContext(Protocol):
+    """What the gateway offers a channel whose webhook answer depends on more than the request."""
+
+    @property
+    def stored_message_ids(self) -> Sequence[int]:
+        """The messages this webhook stored (empty for duplicates and event-less requests)."""
+        ...
+
+    async def agents_available(self) -> bool:
+        """Whether an agent of the inbox's tenant is online now."""
+        ...
+
+
 class Channel(ABC):
     """A provider adapter, built per inbox from its settings and decrypted secrets."""
 
@@ -253,6 +320,9 @@ class Channel(ABC):
     # The largest webhook body the channel takes, if more than the gateway's default (email
     # providers post whole messages with their attachments).
     max_webhook_bytes: ClassVar[int | None] = None
+    # Inbound attachment URLs only the inbox's credentials can read, or that the provider deletes
+    # after a while: the gateway copies them into the media store (`fetch_attachment`).
+    fetches_media: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -278,6 +348,13 @@ class Channel(ABC):
         """The 2xx answer once the events are stored."""
         return WebhookReply()
 
+    async def respond(
+        self, request: WebhookRequest, events: Sequence[InboundEvent], context: WebhookContext
+    ) -> WebhookReply:
+        """The 2xx answer once the events are stored; `acknowledge` unless the answer depends on state."""
+        # A phone call, for one, is put through to an agent only if one is online.
+        return self.acknowledge(request, events)
+
     def handshake(self, request: WebhookRequest) -> WebhookReply | None:
         """Answer a provider's GET verification of the webhook URL (Meta's `hub.challenge`).
 
@@ -289,6 +366,27 @@ class Channel(ABC):
     @abstractmethod
     async def send(self, message: OutboundMessage) -> SendReceipt:
         """Send one message; translate provider failures into the error taxonomy above."""
+
+    def other_recipients(self, request: WebhookRequest) -> frozenset[str]:
+        """Sibling inboxes (by `sibling_key`) a verified request also carries events for.
+
+        Meta posts every phone number of an app to the app's one callback URL: the gateway hands
+        those events to the inbox of the number they concern, if the tenant has one.
+        """
+        return frozenset()
+
+    @classmethod
+    def sibling_key(cls, settings: Mapping[str, Any]) -> str | None:
+        """What `other_recipients` calls an inbox with these settings (WhatsApp's phone_number_id)."""
+        return None
+
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """Download an inbound attachment this channel reported (only if `fetches_media`).
+
+        Raise `TransientDeliveryError` to be retried later and `PermanentDeliveryError` when the
+        file is gone or refused (too large, unknown).
+        """
+        raise PermanentDeliveryError(f"{self.name} does not fetch attachments", code="not_fetchable")
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
         """Release connections held by the adapter."""

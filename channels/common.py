@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from channels.base import ConfigurationError, MalformedPayload
+import aiohttp
+from multidict import CIMultiDictProxy
+
+from channels.base import (
+    ChannelError,
+    ConfigurationError,
+    FetchedMedia,
+    MalformedPayload,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
@@ -86,3 +96,54 @@ def json_str(obj: Mapping[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise MalformedPayload(f"{where}.{key} is missing or not a string")
     return value
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    max_bytes: int,
+    what: str,
+    headers: Mapping[str, str] | None = None,
+    translate: Callable[[int, bytes, CIMultiDictProxy[str]], ChannelError] | None = None,
+) -> FetchedMedia:
+    """GET a file of at most `max_bytes`, streamed so a lying or missing Content-Length cannot
+    make us hold more; HTTP errors go through `translate` (default: 5xx/429 transient, else permanent).
+
+    aiohttp drops the Authorization header when a redirect leaves the URL's origin, so provider
+    credentials never reach the storage host a provider redirects to.
+    """
+    try:
+        async with session.get(url, headers=headers) as response:
+            if response.status != 200:
+                body = await response.content.read(4096)
+                if translate is not None:
+                    raise translate(response.status, body, response.headers)
+                if response.status == 429 or response.status >= 500:
+                    raise TransientDeliveryError(
+                        f"{what}: HTTP {response.status}",
+                        retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+                    )
+                raise PermanentDeliveryError(
+                    f"{what}: HTTP {response.status}", code=f"http_{response.status}"
+                )
+            if response.content_length is not None and response.content_length > max_bytes:
+                raise too_large(what, response.content_length, max_bytes)
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > max_bytes:
+                    raise too_large(what, len(data), max_bytes)
+            # aiohttp reports application/octet-stream when the server named no type at all.
+            content_type = (
+                None if response.content_type == "application/octet-stream" else response.content_type
+            )
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raise TransientDeliveryError(f"{what}: download failed: {e!r}") from e
+    return FetchedMedia(bytes(data), content_type)
+
+
+def too_large(what: str, size: int, max_bytes: int) -> PermanentDeliveryError:
+    return PermanentDeliveryError(
+        f"{what} is {size} bytes, more than the {max_bytes} Parley downloads", code="media_too_large"
+    )

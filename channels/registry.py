@@ -7,11 +7,14 @@ from channels.email.channel import Email
 from channels.slack import Slack
 from channels.telegram import Telegram
 from channels.twilio_sms import TwilioSms
+from channels.twilio_voice import TwilioVoice
 from channels.twilio_whatsapp import TwilioWhatsApp
+from channels.webchat import WebChat
 from channels.whatsapp_cloud import WhatsAppCloud
 
 CHANNELS: dict[str, type[Channel]] = {
-    c.name: c for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud, Slack, Email)
+    c.name: c
+    for c in (TwilioSms, TwilioWhatsApp, Telegram, WhatsAppCloud, Slack, TwilioVoice, WebChat, Email)
 }
 
 

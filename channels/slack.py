@@ -40,6 +40,7 @@ from channels.base import (
     ChannelAuthError,
     ChannelError,
     ConfigurationError,
+    FetchedMedia,
     InboundEvent,
     InboundMessage,
     MalformedPayload,
@@ -52,6 +53,7 @@ from channels.base import (
     WebhookRequest,
 )
 from channels.common import (
+    download,
     header,
     json_object,
     json_objects,
@@ -77,6 +79,8 @@ BUTTON_ACTION_PREFIX = "parley_"
 
 # Slack's limits (chat.postMessage and Block Kit references).
 MAX_TEXT_LENGTH = 40000
+FILE_HOST = "files.slack.com"
+MAX_FILE_BYTES = 100 * 1024 * 1024
 MAX_SECTION_TEXT_LENGTH = 3000
 MAX_BUTTONS_PER_BLOCK = 25
 MAX_BUTTON_TEXT_LENGTH = 75
@@ -138,6 +142,7 @@ class Slack(Channel):
     name = "slack"
     identity_kind = "slack"
     consent_channel = "slack"
+    fetches_media = True
     capabilities = Capabilities(media=False, buttons=True, max_text_length=MAX_TEXT_LENGTH)
 
     def __init__(
@@ -310,6 +315,30 @@ class Slack(Channel):
         if self._session is not None:
             session, self._session, self._client = self._session, None, None
             await session.close()
+
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """A shared file by its `url_private`, which wants the bot token."""
+        url = urlsplit(attachment.url)
+        api = urlsplit(self.api_base_url)
+        # The token goes to Slack's file host (or the configured API host) only, never to
+        # whatever URL an event names.
+        if not ((url.scheme, url.hostname) == ("https", FILE_HOST) or url.netloc == api.netloc):
+            raise PermanentDeliveryError(f"{attachment.url!r} is not a Slack file URL", code="not_fetchable")
+        self._get_client()
+        assert self._session is not None
+        fetched = await download(
+            self._session,
+            attachment.url,
+            max_bytes=MAX_FILE_BYTES,
+            what=f"Slack file {attachment.filename or attachment.url}",
+            headers={"Authorization": f"Bearer {self._bot_token}"},
+        )
+        # Slack answers a request it does not accept with its sign-in page, status 200.
+        if fetched.content_type == "text/html" and not (attachment.content_type or "").startswith(
+            "text/html"
+        ):
+            raise ChannelAuthError("Slack answered the file download with its sign-in page: check files:read")
+        return FetchedMedia(fetched.data, attachment.content_type or fetched.content_type)
 
     def _get_client(self) -> AsyncWebClient:
         # Without a session of its own, AsyncWebClient opens and closes one per call; ours keeps
@@ -565,7 +594,7 @@ def _files(event: Mapping[str, Any]) -> tuple[tuple[Attachment, ...], list[dict[
         where = f"event.files[{i}]"
         url = _optional_str(file, "url_private", where)
         name = _optional_str(file, "name", where) or _optional_str(file, "title", where)
-        if url is None or urlsplit(url).scheme != "https":
+        if url is None or urlsplit(url).scheme not in ("https", "http"):
             # Hidden by the workspace's plan, or a Slack Connect file Slack shows only on request.
             logger.info("Slack file %s has no private URL, not attached", file.get("id"))
             continue

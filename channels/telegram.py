@@ -11,6 +11,7 @@ import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import PurePosixPath
 from typing import Any, Self, TypeGuard
 from urllib.parse import urlsplit
 
@@ -46,6 +47,7 @@ from channels.base import (
     ChannelAuthError,
     ChannelError,
     ConfigurationError,
+    FetchedMedia,
     InboundEvent,
     InboundMessage,
     Location,
@@ -100,6 +102,7 @@ class Telegram(Channel):
     name = "telegram"
     identity_kind = "telegram"
     consent_channel = "telegram"
+    fetches_media = True
     capabilities = Capabilities(
         media=True, buttons=True, max_text_length=4096, max_button_id_bytes=MAX_CALLBACK_DATA_BYTES
     )
@@ -252,6 +255,19 @@ class Telegram(Channel):
             status="sent",  # the Bot API reports neither delivery nor reads to bots
             extra={"chat_id": chat_id, "message_ids": message_ids},
         )
+
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """A file a customer sent: getFile for a fresh download path, then the download (≤ 20 MB)."""
+        file_id = attachment.url.removeprefix(FILE_URL_PREFIX)
+        if not attachment.url.startswith(FILE_URL_PREFIX) or not _FILE_ID.fullmatch(file_id):
+            raise PermanentDeliveryError(f"{attachment.url!r} is not a Telegram file", code="not_fetchable")
+        try:
+            file = await self._get_bot().get_file(file_id)
+            data = await file.download_as_bytearray()
+        except TelegramError as e:
+            raise _translate(e) from e
+        name = PurePosixPath(file.file_path or "").name or None
+        return FetchedMedia(bytes(data), attachment.content_type or mimetypes.guess_type(name or "")[0], name)
 
     async def close(self) -> None:
         """Close the HTTP client, if a send opened one."""

@@ -37,6 +37,7 @@ from channels.base import (
     ConsentChange,
     DeliveryState,
     DeliveryStatus,
+    FetchedMedia,
     InboundEvent,
     InboundMessage,
     MalformedPayload,
@@ -48,12 +49,14 @@ from channels.base import (
     WebhookReply,
     WebhookRequest,
 )
-from channels.common import header, optional_str, required_str, retry_after_seconds
+from channels.common import download, header, optional_str, required_str, retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_API_BASE_URL = "https://api.twilio.com"
 DEFAULT_TIMEOUT = 10.0
+# Twilio accepts inbound MMS up to 5 MB and WhatsApp media up to 16 MB (documents 100 MB).
+MAX_MEDIA_BYTES = 100 * 1024 * 1024
 SIGNATURE_HEADER = "X-Twilio-Signature"
 
 _ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}")
@@ -159,6 +162,8 @@ class TwilioSms(Channel):
     identity_kind = "phone"
     consent_channel = "sms"
     capabilities = Capabilities(media=True, max_text_length=1600)
+    # Twilio deletes media on request or with the message, and can require auth to read it.
+    fetches_media = True
 
     def __init__(
         self,
@@ -212,11 +217,7 @@ class TwilioSms(Channel):
         if not phone_number and not messaging_service_sid:
             raise ConfigurationError("one of phone_number or messaging_service_sid is required")
 
-        api_base_url = optional_str(settings, "api_base_url") or DEFAULT_API_BASE_URL
-        parts = urlsplit(api_base_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-            raise ConfigurationError(f"api_base_url {api_base_url!r} must be an http(s) URL without query")
-        cleaned["api_base_url"] = api_base_url.rstrip("/")
+        cleaned["api_base_url"] = api_base_url_setting(settings)
 
         timeout = settings.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
@@ -236,18 +237,7 @@ class TwilioSms(Channel):
 
     def verify(self, request: WebhookRequest) -> None:
         """Check `X-Twilio-Signature` over the public URL and the form parameters."""
-        signature = header(request.headers, SIGNATURE_HEADER)
-        if not signature:
-            raise SignatureError("missing X-Twilio-Signature header")
-        # The MultiDict goes in as is: the validator reads repeated keys with getall(), and is
-        # about twice as slow when handed a plain dict. The URL exactly as called is tried first
-        # (one HMAC); `validate` then tries it with and without the default port, which Twilio
-        # may have signed instead (two more).
-        expected = self._validator.compute_signature(request.url, request.form)
-        if hmac.compare_digest(expected.encode(), signature.encode()):
-            return
-        if not self._validator.validate(request.url, request.form, signature):
-            raise SignatureError("X-Twilio-Signature does not match")
+        verify_signature(self._validator, request)
 
     def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """Turn an incoming-message webhook or a status callback into one normalised event."""
@@ -313,6 +303,16 @@ class TwilioSms(Channel):
         """The channel error for a failed create call."""
         return translate_error(e, headers)
 
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """An MMS/WhatsApp media file by its MediaUrl, read with the account's credentials."""
+        return await fetch_media(
+            attachment,
+            api_base_url=self.api_base_url,
+            account_sid=self.account_sid,
+            auth_token=self._auth_token,
+            timeout=self.timeout * 6,
+        )
+
     async def close(self) -> None:
         """Close the HTTP session, if a send opened one."""
         if self._http is not None:
@@ -367,6 +367,22 @@ _PARSERS: Mapping[str, Parser] = {
 }
 
 
+def verify_signature(validator: RequestValidator, request: WebhookRequest) -> None:
+    """Raise `SignatureError` unless `X-Twilio-Signature` signs the public URL and the form."""
+    signature = header(request.headers, SIGNATURE_HEADER)
+    if not signature:
+        raise SignatureError("missing X-Twilio-Signature header")
+    # The MultiDict goes in as is: the validator reads repeated keys with getall(), and is
+    # about twice as slow when handed a plain dict. The URL exactly as called is tried first
+    # (one HMAC); `validate` then tries it with and without the default port, which Twilio
+    # may have signed instead (two more).
+    expected = validator.compute_signature(request.url, request.form)
+    if hmac.compare_digest(expected.encode(), signature.encode()):
+        return
+    if not validator.validate(request.url, request.form, signature):
+        raise SignatureError("X-Twilio-Signature does not match")
+
+
 def message_sid(form: MultiMapping[str]) -> str:
     """The id of an incoming message, from whichever of Twilio's names for it is present."""
     sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid")
@@ -391,6 +407,38 @@ def media_attachments(form: MultiMapping[str], consumed: set[str]) -> tuple[Atta
         attachments.append(Attachment(url=url, content_type=form.get(f"MediaContentType{i}") or None))
         consumed.update((f"MediaUrl{i}", f"MediaContentType{i}"))
     return tuple(attachments)
+
+
+def api_base_url_setting(settings: Mapping[str, Any]) -> str:
+    """The Twilio API's origin: Twilio's own, or a compatible provider's (or a test fake)."""
+    api_base_url = optional_str(settings, "api_base_url") or DEFAULT_API_BASE_URL
+    parts = urlsplit(api_base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(f"api_base_url {api_base_url!r} must be an http(s) URL without query")
+    return api_base_url.rstrip("/")
+
+
+async def fetch_media(
+    attachment: Attachment, *, api_base_url: str, account_sid: str, auth_token: str, timeout: float
+) -> FetchedMedia:
+    """A media file or recording on the account's API, read with its credentials.
+
+    Credentials go to the Twilio API only; its redirect to storage goes without them.
+    """
+    url, api = urlsplit(attachment.url), urlsplit(api_base_url)
+    ours = (url.scheme, url.netloc) == (api.scheme, api.netloc)
+    if not ours or f"/Accounts/{account_sid}/" not in url.path:
+        raise PermanentDeliveryError(f"{attachment.url!r} is not this account's media", code="not_fetchable")
+    credentials = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        fetched = await download(
+            session,
+            attachment.url,
+            max_bytes=MAX_MEDIA_BYTES,
+            what=f"Twilio media {url.path.rsplit('/', 1)[-1]}",
+            headers={"Authorization": f"Basic {credentials}"},
+        )
+    return FetchedMedia(fetched.data, attachment.content_type or fetched.content_type)
 
 
 def delivery_status(form: MultiMapping[str], error_messages: Mapping[str, str]) -> DeliveryStatus:

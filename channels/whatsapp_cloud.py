@@ -2,8 +2,8 @@
 
 Meta posts every change of a WhatsApp Business Account to one callback URL: messages and delivery
 statuses arrive as `field: "messages"` changes, tagged with the business phone number they concern.
-An inbox is one business phone number (`phone_number_id`); changes for other numbers of the same
-app or account are acknowledged and ignored.
+An inbox is one business phone number (`phone_number_id`); changes for the app's other numbers are
+handed to the tenant's inbox for that number, if there is one (`other_recipients`), else ignored.
 
 Meta's signature (`X-Hub-Signature-256`) carries no timestamp, and Meta itself redelivers for days,
 so there is no staleness window to enforce: a replayed message is a duplicate of its `wamid`, which
@@ -40,6 +40,7 @@ from channels.base import (
     ConfigurationError,
     DeliveryState,
     DeliveryStatus,
+    FetchedMedia,
     InboundEvent,
     InboundMessage,
     Location,
@@ -55,6 +56,7 @@ from channels.base import (
     WebhookRequest,
 )
 from channels.common import (
+    download,
     header,
     json_object,
     json_objects,
@@ -62,6 +64,7 @@ from channels.common import (
     json_str,
     optional_str,
     retry_after_seconds,
+    too_large,
 )
 
 logger = logging.getLogger(__name__)
@@ -140,6 +143,7 @@ class WhatsAppCloud(Channel):
     name = "whatsapp_cloud"
     identity_kind = "phone"
     consent_channel = "whatsapp"
+    fetches_media = True
     capabilities = Capabilities(
         media=True,
         buttons=True,
@@ -279,6 +283,21 @@ class WhatsAppCloud(Channel):
                 events.extend(parser(value, f"{where}.value", self._media_url))
         return events
 
+    def other_recipients(self, request: WebhookRequest) -> frozenset[str]:
+        """The app's other phone numbers this body has changes for (one callback URL per app)."""
+        try:
+            payload = json.loads(request.body)
+            changes = [c for e in payload["entry"] for c in e["changes"] if c.get("field") in _CHANGE_PARSERS]
+            numbers = {str(c["value"]["metadata"]["phone_number_id"]) for c in changes}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return frozenset()  # parse() has judged (and refused) such a body already
+        return frozenset(numbers - {self.phone_number_id})
+
+    @classmethod
+    def sibling_key(cls, settings: Mapping[str, Any]) -> str | None:
+        value = settings.get("phone_number_id")
+        return value if isinstance(value, str) else None
+
     def acknowledge(self, request: WebhookRequest, events: Sequence[InboundEvent]) -> WebhookReply:
         """An empty 200: Meta wants nothing back, and retries anything else."""
         return WebhookReply()
@@ -312,23 +331,26 @@ class WhatsAppCloud(Channel):
         if declared is not None and declared > MAX_MEDIA_BYTES:
             raise _too_large(media_id, declared)
 
-        # The URL is short-lived and, like the Graph API, wants the access token (aiohttp drops it
-        # if a redirect leaves the URL's origin).
-        try:
-            async with self._get_session().get(url, headers=self._auth_headers()) as response:
-                if response.status != 200:
-                    raise _translate(response.status, await response.read(), response.headers)
-                if response.content_length is not None and response.content_length > MAX_MEDIA_BYTES:
-                    raise _too_large(media_id, response.content_length)
-                data = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    data += chunk
-                    if len(data) > MAX_MEDIA_BYTES:
-                        raise _too_large(media_id, len(data))
-                content_type = mime_type or response.content_type or "application/octet-stream"
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise TransientDeliveryError(f"WhatsApp media download failed: {e!r}") from e
-        return bytes(data), content_type
+        # The URL is short-lived and, like the Graph API, wants the access token.
+        fetched = await download(
+            self._get_session(),
+            url,
+            max_bytes=MAX_MEDIA_BYTES,
+            what=f"media {media_id}",
+            headers=self._auth_headers(),
+            translate=_translate,
+        )
+        return fetched.data, mime_type or fetched.content_type or "application/octet-stream"
+
+    async def fetch_attachment(self, attachment: Attachment) -> FetchedMedia:
+        """An inbound image, document, voice note… by the media id in its Graph URL."""
+        media_id = attachment.url.rsplit("/", 1)[-1]
+        if attachment.url != self._media_url(media_id):
+            raise PermanentDeliveryError(
+                f"{attachment.url!r} is not this inbox's media", code="not_fetchable"
+            )
+        data, content_type = await self.download_media(media_id)
+        return FetchedMedia(data, content_type)
 
     async def close(self) -> None:
         """Close the HTTP session, if a send opened one."""
@@ -887,10 +909,7 @@ def _translate(status: int, body: bytes, headers: Mapping[str, str]) -> ChannelE
 
 
 def _too_large(media_id: str, size: int) -> PermanentDeliveryError:
-    return PermanentDeliveryError(
-        f"media {media_id} is {size} bytes, more than the {MAX_MEDIA_BYTES} Parley downloads",
-        code="media_too_large",
-    )
+    return too_large(f"media {media_id}", size, MAX_MEDIA_BYTES)
 
 
 # --- reading untrusted JSON ---------------------------------------------------------------------

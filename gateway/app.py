@@ -11,13 +11,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api import setup_api
 from gateway.errors import error_middleware, json_error
-from gateway.keys import DB, DIRECTORY, DISPATCHER, MEDIA, NOTIFIER, SECRET_BOX, SETTINGS
+from gateway.keys import DB, DIRECTORY, DISPATCHER, HUB, MEDIA, NOTIFIER, SECRET_BOX, SETTINGS
 from gateway.media import setup_media
 from gateway.notify import CeleryNotifier
+from gateway.webchat import setup_webchat
 from gateway.webhooks import MAX_WEBHOOK_BYTES, setup_webhooks
 from gateway.wiring import build_runtime
 from parley.crypto import SecretBox
-from parley.media import MediaStore
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
 
@@ -34,7 +34,8 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     app[DIRECTORY] = runtime.directory
     app[SECRET_BOX] = SecretBox(settings.secret_key)
     app[DISPATCHER] = runtime.dispatcher
-    app[MEDIA] = MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
+    app[HUB] = runtime.hub
+    app[MEDIA] = runtime.media
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     app.router.add_get("/metrics", _metrics)
     setup_webhooks(app)
     setup_media(app)
+    setup_webchat(app)
     setup_api(app)
     return app
 

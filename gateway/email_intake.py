@@ -27,10 +27,11 @@ from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER
 from gateway.notify import CeleryNotifier, Notifier
 from gateway.pipeline import ingest
 from gateway.wiring import build_runtime
+from inbox.media_fetch import store_inline_attachments
 from inbox.models import Inbox
 from inbox.runtime import InboxDirectory, InboxRuntime
 from parley.db import Database
-from parley.media import MediaStore, store_inline_attachments
+from parley.media import MediaStore
 from parley.metrics import INBOUND_MESSAGES
 from parley.settings import Settings
 
@@ -216,8 +217,7 @@ async def serve_smtp(
     else:
         notifier = runtime.dispatcher
         dispatcher_task = asyncio.create_task(runtime.dispatcher.run_forever())
-    media = MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
-    intake = EmailIntake(runtime.db, runtime.directory, media, notifier)
+    intake = EmailIntake(runtime.db, runtime.directory, runtime.media, notifier)
     server = await start_smtp_server(
         intake, host=host, port=port, max_message_bytes=max_message_bytes, hostname=hostname
     )

@@ -10,6 +10,7 @@ from parley.crypto import SecretBox
 from parley.db import Database
 from parley.media import MediaStore
 from parley.outbox import Dispatcher
+from parley.realtime import Hub
 from parley.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -19,3 +20,4 @@ SECRET_BOX = web.AppKey("secret_box", SecretBox)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 NOTIFIER = web.AppKey("notifier", Notifier)
 MEDIA = web.AppKey("media", MediaStore)
+HUB = web.AppKey("hub", Hub)

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from channels.base import ButtonReply, DeliveryStatus, InboundEvent, InboundMessage
 from crm_core.consent import record_consent
 from crm_core.models import ChannelIdentity, Contact
+from inbox.media_fetch import MEDIA_PENDING_TOPIC
 from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
 from inbox.runtime import InboxRuntime
 from inbox.service import EARLY_STATUS_TOPIC, apply_delivery_status
@@ -67,15 +68,22 @@ async def ingest(db: Database, inbox: InboxRuntime, events: Sequence[InboundEven
 
 
 def _fits_fast_path(event: InboundEvent, inbox: InboxRuntime) -> TypeGuard[InboundMessage]:
-    # Keywords change consent, and a bare number may pick an option we offered as a numbered list.
+    # Keywords change consent, a bare number may pick an option we offered as a numbered list,
+    # and attachments the gateway must copy need one more event.
     return (
         isinstance(event, InboundMessage)
         and event.consent_change is None
         and event.thread_key is None
         and not event.thread_refs
         and event.conversation_id is None
+        and event.part_of is None
         and _option_number(inbox, event) is None
+        and not _fetches_media(inbox, event)
     )
+
+
+def _fetches_media(inbox: InboxRuntime, event: InboundMessage) -> bool:
+    return inbox.channel.fetches_media and any(a.url for a in event.attachments)
 
 
 def _option_number(inbox: InboxRuntime, event: InboundMessage) -> int | None:
@@ -96,6 +104,9 @@ def _message_extra(event: InboundMessage, button_reply: ButtonReply | None = Non
     reply = button_reply or event.button_reply
     if reply is not None:
         extra["button_reply"] = asdict(reply)
+    for key, value in (("call", event.call), ("recording", event.recording), ("voicemail", event.voicemail)):
+        if value is not None:
+            extra[key] = asdict(value)
     return extra
 
 
@@ -140,6 +151,10 @@ WITH found AS (
     WHERE conversations.id = found.conversation_id AND found.duplicate_id IS NULL
         AND conversations.status <> 'resolved'
     RETURNING conversations.id, conversations.contact_id
+), named AS (
+    UPDATE contacts SET name = CAST(:name AS varchar), updated_at = :now
+    FROM touched
+    WHERE contacts.id = touched.contact_id AND contacts.name IS NULL AND CAST(:name AS varchar) IS NOT NULL
 ), message AS (
     INSERT INTO messages (tenant_id, inbox_id, conversation_id, direction, sender_type, sender_id,
         body, attachments, provider_message_id, status, attempts, extra, created_at, updated_at)
@@ -213,6 +228,7 @@ async def _ingest_in_one_statement(
         "kind": event.sender.kind,
         "address": event.sender.value,
         "now": utcnow(),
+        "name": event.sender_name,
         "body": event.text,
         "attachments": json.dumps(_attachments(event)),
         "extra": json.dumps(_message_extra(event)),
@@ -226,7 +242,6 @@ async def _ingest_in_one_statement(
             row = await pg.fetchrow(_RETURNING_SENDER_SQL, *_RETURNING_SENDER_ARGS(params))
             if row["duplicate_id"] is None and row["message_id"] is None:
                 contact = {
-                    "name": event.sender_name,
                     "phone": event.sender.value if event.sender.kind == "phone" else None,
                     "email": event.sender.value if event.sender.kind == "email" else None,
                 }
@@ -328,6 +343,11 @@ _PROVEN = select(_conversations.c.id, _conversations.c.status).where(
     _conversations.c.id == bindparam("conversation_id"), _conversations.c.inbox_id == bindparam("inbox_id")
 )
 _INSERT_CONTACT = insert(_contacts).returning(_contacts.c.id)
+_NAME_UNNAMED = (
+    update(_contacts)
+    .where(_contacts.c.id == bindparam("contact_id"), _contacts.c.name.is_(None))
+    .values(name=bindparam("sender_name"), updated_at=bindparam("now"))
+)
 _INSERT_IDENTITY = insert(_identities).returning(_identities.c.id)
 _INSERT_CONVERSATION = insert(_conversations).returning(_conversations.c.id)
 # A customer writing again wakes a snoozed or pending conversation, or a resolved thread.
@@ -341,6 +361,20 @@ _TOUCH_CONVERSATION = (
         status=ConversationStatus.OPEN,
         resolved_at=None,
     )
+)
+# A message that belongs to an earlier one (a call's later events) joins its conversation quietly:
+# no reopening, and not the customer writing (`last_inbound_at` stays).
+_PART_OF = (
+    select(_conversations.c.id.label("conversation_id"), _conversations.c.contact_id)
+    .join(_messages, _messages.c.conversation_id == _conversations.c.id)
+    .where(
+        _messages.c.inbox_id == bindparam("inbox_id"), _messages.c.provider_message_id == bindparam("pmid")
+    )
+)
+_TOUCH_QUIETLY = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("conversation_id"))
+    .values(last_message_at=bindparam("now"), updated_at=bindparam("now"))
 )
 _INSERT_MESSAGE = insert(_messages).returning(_messages.c.id)
 
@@ -411,16 +445,22 @@ async def _store_message(
     now = utcnow()
     contact_id, identity_id, conversation_id = found.contact_id, found.identity_id, found.conversation_id
     events: list[tuple[str, dict[str, Any]]] = []
-    thread = await _answered_conversation(conn, inbox, event)
-    if thread is None and event.thread_key is not None:
-        thread = (
-            await conn.execute(_THREAD, {"inbox_id": inbox.id, "thread_key": event.thread_key})
-        ).one_or_none()
-    if thread is not None or event.thread_key is not None:
-        conversation_id = None if thread is None else thread.id
-        if thread is not None and thread.status == ConversationStatus.RESOLVED:
-            events.append(("conversation.reopened", {"conversation_id": thread.id, "inbox_id": inbox.id}))
-    if identity_id is None:
+    joined = None
+    if event.part_of is not None:
+        joined = (await conn.execute(_PART_OF, {"inbox_id": inbox.id, "pmid": event.part_of})).one_or_none()
+    if joined is not None:
+        contact_id, conversation_id = joined.contact_id, joined.conversation_id
+    else:
+        thread = await _answered_conversation(conn, inbox, event)
+        if thread is None and event.thread_key is not None:
+            thread = (
+                await conn.execute(_THREAD, {"inbox_id": inbox.id, "thread_key": event.thread_key})
+            ).one_or_none()
+        if thread is not None or event.thread_key is not None:
+            conversation_id = None if thread is None else thread.id
+            if thread is not None and thread.status == ConversationStatus.RESOLVED:
+                events.append(("conversation.reopened", {"conversation_id": thread.id, "inbox_id": inbox.id}))
+    if identity_id is None and joined is None:
         contact_id = (
             await conn.execute(
                 _INSERT_CONTACT,
@@ -448,6 +488,11 @@ async def _store_message(
             )
         ).scalar_one()
         events.append(("contact.created", {"contact_id": contact_id}))
+    elif event.sender_name:
+        # A contact first seen without a name (an SMS) gets the one a later channel reports.
+        await conn.execute(
+            _NAME_UNNAMED, {"contact_id": contact_id, "sender_name": event.sender_name, "now": now}
+        )
 
     if conversation_id is None:
         conversation_id = (
@@ -474,7 +519,8 @@ async def _store_message(
             )
         )
     else:
-        await conn.execute(_TOUCH_CONVERSATION, {"conversation_id": conversation_id, "now": now})
+        touch = _TOUCH_CONVERSATION if joined is None else _TOUCH_QUIETLY
+        await conn.execute(touch, {"conversation_id": conversation_id, "now": now})
 
     message_id = (
         await conn.execute(
@@ -498,6 +544,8 @@ async def _store_message(
         )
     ).scalar_one()
     events.append(("message.received", _received(message_id, conversation_id, inbox.id, contact_id)))
+    if _fetches_media(inbox, event):
+        events.append((MEDIA_PENDING_TOPIC, {"message_id": message_id, "inbox_id": inbox.id}))
 
     if event.consent_change is not None:
         granted = event.consent_change == "opt_in"

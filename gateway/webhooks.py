@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
@@ -11,9 +13,11 @@ from channels.base import MalformedPayload, SignatureError, WebhookRequest
 from gateway.errors import json_error
 from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER, SETTINGS
 from gateway.pipeline import ingest
+from inbox.media_fetch import store_inline_attachments
 from inbox.runtime import InboxRuntime
-from parley.media import store_inline_attachments
+from parley.db import Database
 from parley.metrics import INBOUND_MESSAGES, WEBHOOKS
+from routing.presence import agents_available
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +78,45 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
 
     events = await store_inline_attachments(request.app[MEDIA], inbox.tenant_id, events)
     result = await ingest(request.app[DB], inbox, events)
+    for sibling in await request.app[DIRECTORY].siblings(inbox, inbox.channel.other_recipients(hook)):
+        await _hand_to_sibling(request, sibling, hook)
     if result.stored or result.statuses_applied:
         request.app[NOTIFIER].notify()
     INBOUND_MESSAGES.labels(channel=channel_name).inc(len(result.stored))
     WEBHOOKS.labels(channel=channel_name, outcome="duplicate" if result.duplicates else "accepted").inc()
-    reply = inbox.channel.acknowledge(hook, events)
+    context = _Context(request.app[DB], inbox.tenant_id, tuple(result.stored))
+    reply = await inbox.channel.respond(hook, events, context)
     return web.Response(text=reply.body, content_type=reply.content_type, status=reply.status)
+
+
+async def _hand_to_sibling(request: web.Request, sibling: InboxRuntime, hook: WebhookRequest) -> None:
+    """Store the events a request carries for another inbox of the same provider account."""
+    try:
+        sibling.channel.verify(hook)  # the same app signs with the same secret; another app does not
+        events = sibling.channel.parse(hook)
+    except (SignatureError, MalformedPayload) as e:
+        logger.warning(
+            "inbox %s: events for it arrived on another inbox's URL and were refused: %s", sibling.id, e
+        )
+        return
+    result = await ingest(request.app[DB], sibling, events)
+    if result.stored or result.statuses_applied:
+        request.app[NOTIFIER].notify()
+    INBOUND_MESSAGES.labels(channel=sibling.channel_name).inc(len(result.stored))
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What a channel may ask while answering a webhook (`channels.base.WebhookContext`)."""
+
+    db: Database
+    tenant_id: int
+    stored_message_ids: Sequence[int]
+
+    async def agents_available(self) -> bool:
+        """Whether an agent of the tenant is online (asked only by channels that route live calls)."""
+        async with self.db.engine.connect() as conn:
+            return await agents_available(conn, self.tenant_id)
 
 
 async def handle_handshake(request: web.Request) -> web.StreamResponse:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.delivery import OutboundDelivery
+from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from parley.crypto import SecretBox
 from parley.db import Database
 from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
+from parley.realtime import Hub, build_hub
 from parley.settings import Settings
 
 
@@ -20,24 +23,39 @@ class Runtime:
     db: Database
     directory: InboxDirectory
     dispatcher: Dispatcher
+    media: MediaStore
+    hub: Hub
 
     async def close(self) -> None:
         await self.directory.close()
+        await self.hub.close()
         await self.db.dispose()
 
 
 def build_subscribers(
-    settings: Settings, db: Database, directory: InboxDirectory
+    settings: Settings, db: Database, directory: InboxDirectory, media: MediaStore
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
-    media = MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
     delivery = OutboundDelivery(db, directory, lambda: settings.public_url, media=media)
-    return {OUTBOUND_TOPIC: [delivery.deliver], EARLY_STATUS_TOPIC: [delivery.apply_early_status]}
+    subscribers: dict[str, list[Handler]] = {
+        OUTBOUND_TOPIC: [delivery.deliver],
+        EARLY_STATUS_TOPIC: [delivery.apply_early_status],
+        MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
+    }
+    if directory.hub is not None:  # open web chat widgets learn when an agent comes online
+        subscribers[PRESENCE_CHANGED_TOPIC] = [PresenceAnnouncer(db, directory.hub).announce]
+    return subscribers
+
+
+def build_media_store(settings: Settings) -> MediaStore:
+    return MediaStore(settings.media_root, settings.media_max_bytes, base_url=settings.public_url)
 
 
 def build_runtime(settings: Settings) -> Runtime:
     """The database, inbox directory and dispatcher of one process."""
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
-    directory = InboxDirectory(db, SecretBox(settings.secret_key))
-    dispatcher = Dispatcher(db, build_subscribers(settings, db, directory))
-    return Runtime(settings, db, directory, dispatcher)
+    hub = build_hub(settings.redis_url)
+    directory = InboxDirectory(db, SecretBox(settings.secret_key), hub=hub)
+    media = build_media_store(settings)
+    dispatcher = Dispatcher(db, build_subscribers(settings, db, directory, media))
+    return Runtime(settings, db, directory, dispatcher, media, hub)

@@ -42,7 +42,16 @@ STATUS_RANK = {
 
 
 # Keys of `messages.extra` that hold typed content rather than provider leftovers.
-CONTENT_KEYS = ("location", "shared_contacts", "button_reply", "buttons", "template")
+CONTENT_KEYS = (
+    "location",
+    "shared_contacts",
+    "button_reply",
+    "buttons",
+    "template",
+    "call",
+    "recording",
+    "voicemail",
+)
 
 
 class Inbox(Base):

@@ -14,6 +14,7 @@ from channels.registry import channel_class
 from inbox.models import Inbox
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.realtime import Hub, UsesHub
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +34,12 @@ class InboxDirectory:
     within `ttl`.
     """
 
-    def __init__(self, db: Database, box: SecretBox, *, ttl: float = 10.0) -> None:
+    def __init__(self, db: Database, box: SecretBox, *, ttl: float = 10.0, hub: Hub | None = None) -> None:
         self.db = db
         self.box = box
         self.ttl = ttl
+        # Handed to adapters that push to open connections (web chat).
+        self.hub = hub
         self._cache: dict[int, tuple[float, datetime | None, InboxRuntime | None]] = {}
 
     async def get(self, inbox_id: int) -> InboxRuntime | None:
@@ -56,11 +59,34 @@ class InboxDirectory:
         if row is not None:
             cls = channel_class(row.channel)
             channel = cls.from_settings(row.settings, self.box.open(row.secrets_encrypted))
+            if self.hub is not None and isinstance(channel, UsesHub):
+                channel.attach_hub(self.hub)
             runtime = InboxRuntime(row.id, row.tenant_id, row.channel, channel, dict(row.settings))
         if hit is not None and hit[2] is not None:
             await hit[2].channel.close()
         self._cache[inbox_id] = (now, updated_at, runtime)
         return runtime
+
+    async def siblings(self, inbox: InboxRuntime, keys: frozenset[str]) -> list[InboxRuntime]:
+        """The tenant's other inboxes of the same channel whose `sibling_key` is among `keys`."""
+        if not keys:
+            return []
+        async with self.db.sessionmaker() as session:
+            ids = (
+                await session.scalars(
+                    select(Inbox.id).where(
+                        Inbox.tenant_id == inbox.tenant_id,
+                        Inbox.channel == inbox.channel_name,
+                        Inbox.id != inbox.id,
+                    )
+                )
+            ).all()
+        found = []
+        for inbox_id in ids:
+            sibling = await self.get(inbox_id)
+            if sibling is not None and type(sibling.channel).sibling_key(sibling.settings) in keys:
+                found.append(sibling)
+        return found
 
     async def forget(self, inbox_id: int) -> None:
         """Drop a cached inbox after it was changed or deleted."""

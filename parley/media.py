@@ -16,12 +16,9 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from channels.base import Attachment, InboundEvent, InboundMessage
 
 _KEY = re.compile(r"^[0-9]{1,18}/[A-Za-z0-9_-]{22}$")
 MEDIA_PATH = "/media/"
@@ -118,43 +115,3 @@ def safe_filename(name: str | None) -> str | None:
 
 def _clean(value: str | None, limit: int) -> str | None:
     return value.strip().lower()[:limit] or None if value else None
-
-
-async def store_inline_attachments(
-    store: MediaStore, tenant_id: int, events: Sequence[InboundEvent]
-) -> list[InboundEvent]:
-    """Store the bytes channels received inline and point the attachments at the stored files.
-
-    An attachment over the size limit stays listed (name, type, size) without a URL, so the agent
-    sees that something was sent and the rest of the message is not lost.
-    """
-    stored_events: list[InboundEvent] = []
-    for event in events:
-        if not isinstance(event, InboundMessage) or not any(a.data is not None for a in event.attachments):
-            stored_events.append(event)
-            continue
-        attachments = []
-        for attachment in event.attachments:
-            if attachment.data is None:
-                attachments.append(attachment)
-                continue
-            try:
-                media = await store.put(
-                    tenant_id,
-                    attachment.data,
-                    filename=attachment.filename,
-                    content_type=attachment.content_type,
-                )
-            except MediaTooLarge:
-                attachments.append(replace(attachment, url="", size=len(attachment.data), data=None))
-                continue
-            attachments.append(
-                Attachment(
-                    url=media.url,
-                    content_type=media.content_type,
-                    filename=media.filename,
-                    size=media.size,
-                )
-            )
-        stored_events.append(replace(event, attachments=tuple(attachments)))
-    return stored_events

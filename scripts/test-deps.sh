@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The server binaries the test suite starts throwaway instances of: PostgreSQL, Redis and Dovecot
-# (IMAP), and swaks, the SMTP client the email tests send with.
+# (IMAP); swaks, the SMTP client the email tests send with; and the browser the web chat widget
+# is tested in (Debian's Chromium, driven by Playwright, no download).
 # Installs them from Debian's packages when they are missing and we may (root); otherwise says how.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null || command -v pg_ctl >/
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { [ -x /usr/sbin/dovecot ] || command -v dovecot >/dev/null 2>&1; } && [ -x /usr/lib/dovecot/imap ] || missing+=(dovecot-imapd)
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then

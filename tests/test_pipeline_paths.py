@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select, update
 
 from channels.base import Address, Attachment, InboundMessage
+from crm_core.models import Contact
 from gateway import pipeline
 from inbox.models import Conversation, Message
 from inbox.runtime import InboxDirectory
@@ -44,7 +45,10 @@ async def scenario(db: Database, tenant_name: str) -> dict[str, Any]:
         await session.execute(
             update(Conversation).where(Conversation.inbox_id == inbox_id).values(status="snoozed")
         )
-    results += [await pipeline.ingest(db, inbox, [message(n)]) for n in (1, 2)]
+    # The first message came without a name (SMS); a later one names the sender (WhatsApp, Telegram).
+    results += [await pipeline.ingest(db, inbox, [message(1)])]
+    results += [await pipeline.ingest(db, inbox, [message(2, sender_name="Ana Lima")])]
+    results += [await pipeline.ingest(db, inbox, [message(3, sender_name="Someone Else")])]
     async with db.sessionmaker() as session:
         conversation = (
             await session.execute(select(Conversation).where(Conversation.inbox_id == inbox_id))
@@ -57,6 +61,9 @@ async def scenario(db: Database, tenant_name: str) -> dict[str, Any]:
                 select(OutboxEvent).where(OutboxEvent.tenant_id == tenant.tenant_id).order_by(OutboxEvent.id)
             )
         ).scalars()
+        contact_name = (
+            await session.execute(select(Contact.name).where(Contact.id == conversation.contact_id))
+        ).scalar_one()
         ids = {"conversation": conversation.id, "contact": conversation.contact_id, "inbox": inbox_id}
         ids |= {f"message{i}": m.id for i, m in enumerate(messages)}
         await session.commit()
@@ -102,6 +109,7 @@ async def scenario(db: Database, tenant_name: str) -> dict[str, Any]:
         ]
     await directory.close()
     return {
+        "contact_name": contact_name,
         "results": [(len(r.stored), r.duplicates) for r in results],
         "conversation": (
             conversation.status,
@@ -126,10 +134,15 @@ async def test_both_paths_write_the_same_rows_and_events(
         "conversation.opened",
         "message.received",
         "message.received",
+        "message.media_pending",  # Twilio media is copied into the media store afterwards
         "message.received",
+        "message.received",
+        "message.media_pending",
     ]
-    assert usual["events"][-1][1] == {
-        "message_id": "message2",
+    # A name fills an unnamed contact once; a later, different one does not overwrite it.
+    assert usual["contact_name"] == "Ana Lima"
+    assert usual["events"][-2][1] == {
+        "message_id": "message3",
         "conversation_id": "conversation",
         "inbox_id": "inbox",
         "contact_id": "contact",

@@ -391,3 +391,47 @@ async def test_an_agent_can_reopen_a_thread_while_the_customer_has_another_open(
     status, reopened = await gateway.api("PATCH", f"/conversations/{first['id']}", {"status": "open"})
     assert status == 200, reopened
     assert reopened["status"] == "open" and reopened["resolved_at"] is None
+
+
+async def test_shared_files_are_copied_with_the_bot_token_into_the_media_store(gateway: Gateway) -> None:
+    envelope = load_fixture("message__file_share")
+    photo, receipt, _hidden_by_plan = envelope["event"]["files"]
+    photo["url_private"] = gateway.fake.add_file(b"\xff\xd8\xff box", "damaged-box.jpg", "image/jpeg")
+    receipt["url_private"] = gateway.fake.add_file(b"%PDF-1.4", "receipt-1042.pdf", "application/pdf")
+
+    assert (await gateway.post(envelope)).status == 200
+
+    async def copied() -> list[dict[str, Any]]:
+        async with gateway.db.sessionmaker() as session:
+            message = (await session.execute(select(Message))).scalar_one_or_none()
+        return [] if message is None else list(message.attachments)
+
+    await eventually(lambda: _all_copied(copied))
+    first, second = await copied()
+    assert (first["filename"], first["content_type"]) == ("damaged-box.jpg", "image/jpeg")
+    async with gateway.client.get("/media/" + second["url"].partition("/media/")[2]) as response:
+        assert await response.read() == b"%PDF-1.4"
+
+
+async def _all_copied(attachments: Callable[[], Awaitable[list[dict[str, Any]]]]) -> bool:
+    found = await attachments()
+    return bool(found) and all("media_key" in a for a in found)
+
+
+async def test_slacks_sign_in_page_instead_of_a_file_is_a_credentials_error(gateway: Gateway) -> None:
+    envelope = load_fixture("message__file_share")
+    url = gateway.fake.add_file(b"\xff\xd8\xff box", "damaged-box.jpg", "image/jpeg")
+    envelope["event"]["files"] = [envelope["event"]["files"][0] | {"url_private": url}]
+    gateway.fake.token = "xoxb-rotated-0000000000-0000000000000-aaaaaaaaaaaaaaaaaaaaaaaa"
+
+    assert (await gateway.post(envelope)).status == 200
+
+    async def settled() -> bool:
+        async with gateway.db.sessionmaker() as session:
+            message = (await session.execute(select(Message))).scalar_one_or_none()
+        return message is not None and "error" in message.attachments[0]
+
+    await eventually(settled)
+    async with gateway.db.sessionmaker() as session:
+        (attachment,) = (await session.execute(select(Message))).scalar_one().attachments
+    assert "sign-in page" in attachment["error"] and "media_key" not in attachment

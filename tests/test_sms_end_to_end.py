@@ -413,9 +413,9 @@ async def test_sms_webhooks_have_no_get_handshake(gateway: Gateway) -> None:
         assert response.status == 405
 
 
+# Server-side connection loss is a PostgreSQL matter: SQLite has no server.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_the_gateway_recovers_when_postgresql_drops_its_connections(gateway: Gateway) -> None:
-    if gateway.db.is_sqlite:
-        pytest.skip("server-side connection loss is a PostgreSQL matter; SQLite has no server")
     assert (await gateway.post(inbound_sms(sid="SM" + "1" * 32)))[0] == 200  # pooled connections exist now
     async with gateway.db.engine.connect() as conn:  # as a restart or an idle timeout would
         terminated = len(
@@ -435,3 +435,54 @@ async def test_the_gateway_recovers_when_postgresql_drops_its_connections(gatewa
     async with gateway.db.sessionmaker() as session:
         stored = (await session.execute(select(func.count()).select_from(Message))).scalar_one()
     assert stored == 1 + statuses.count(200)
+
+
+async def _copied_attachments(gw: Gateway, count: int) -> list[dict[str, Any]]:
+    """The only message's attachments once the media fetch has dealt with all `count` of them."""
+
+    async def settled() -> bool:
+        async with gw.db.sessionmaker() as session:
+            message = (await session.execute(select(Message))).scalar_one()
+        done = [a for a in message.attachments if "media_key" in a or "error" in a]
+        return len(done) == count
+
+    await eventually(settled)
+    async with gw.db.sessionmaker() as session:
+        return list((await session.execute(select(Message))).scalar_one().attachments)
+
+
+async def test_mms_media_is_copied_into_the_media_store_and_credentials_stay_with_twilio(
+    gateway: Gateway,
+) -> None:
+    photo = gateway.fake.add_media(b"\xff\xd8\xff jpeg bytes", "image/jpeg")
+    elsewhere = "https://cdn.example.net/2010-04-01/Accounts/ACxx/Messages/MM1/Media/ME1"
+    params = dict(load_fixture("inbound__mms"))
+    params.update(MediaUrl0=photo, MediaUrl1=elsewhere)
+
+    assert (await gateway.post(params))[0] == 200
+    first, second = await _copied_attachments(gateway, 2)
+
+    assert first["source_url"] == photo and first["content_type"] == "image/jpeg"
+    async with gateway.client.get(first["url"].removeprefix(gateway.base_url)) as response:
+        assert response.status == 200 and await response.read() == b"\xff\xd8\xff jpeg bytes"
+    # Twilio's API got the account's credentials; the storage it redirected to did not.
+    (api_path, api_auth), (storage_path, storage_auth) = gateway.fake.media_requests
+    assert api_auth is not None and api_auth.startswith("Basic ") and "/Media/" in api_path
+    assert storage_path.startswith("/media-storage/") and storage_auth is None
+    # A URL on any other host is never fetched with the account's credentials.
+    assert second["url"] == elsewhere and "not this account's media" in second["error"]
+    assert "media_key" not in second
+
+
+async def test_media_twilio_no_longer_has_is_recorded_as_missing_not_retried(gateway: Gateway) -> None:
+    gone = gateway.fake.add_media(b"x", "image/png")
+    gateway.fake.media.clear()
+    params = dict(load_fixture("inbound__mms"))
+    params.update(NumMedia="1", MediaUrl0=gone)
+    del params["MediaUrl1"], params["MediaContentType1"]
+
+    assert (await gateway.post(params))[0] == 200
+    (attachment,) = await _copied_attachments(gateway, 1)
+
+    assert "HTTP 404" in attachment["error"] and attachment["url"] == gone
+    assert len(gateway.fake.media_requests) == 1

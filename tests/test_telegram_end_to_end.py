@@ -296,3 +296,35 @@ async def test_a_button_id_telegram_cannot_carry_is_refused_by_the_api(gateway: 
     fits = {"body": "Pick one", "buttons": [{"id": "é" * 32, "title": "Track"}]}
     async with gateway.client.post(path, json=fits, headers=gateway.tenant.headers) as response:
         assert response.status == 201
+
+
+async def test_a_photo_is_copied_into_the_media_store_without_exposing_the_bot_token(
+    gateway: Gateway,
+) -> None:
+    file_id = gateway.fake.add_file(b"\xff\xd8\xff damaged box", "photos/file_12.jpg")
+    update = load_fixture("message__photo")
+    for size in update["message"]["photo"]:
+        size["file_id"] = file_id
+
+    assert (await gateway.post(update)).status == 200
+
+    async def copied() -> bool:
+        return "media_key" in (await gateway.last_message()).attachments[0]
+
+    await eventually(copied)
+    (attachment,) = (await gateway.last_message()).attachments
+    assert attachment["filename"] == "file_12.jpg" and attachment["content_type"] == "image/jpeg"
+    assert gateway.fake.token not in attachment["url"] and attachment["source_url"] == f"tg-file:{file_id}"
+    async with gateway.client.get(attachment["url"].removeprefix(gateway.base_url)) as response:
+        assert await response.read() == b"\xff\xd8\xff damaged box"
+    assert gateway.fake.calls("getFile")[0].params["file_id"] == file_id
+
+
+async def test_a_file_telegram_will_not_hand_out_is_recorded_with_its_reason(gateway: Gateway) -> None:
+    assert (await gateway.post(load_fixture("message__document"))).status == 200
+
+    async def settled() -> bool:
+        return "error" in (await gateway.last_message()).attachments[0]
+
+    await eventually(settled)
+    assert "invalid file_id" in (await gateway.last_message()).attachments[0]["error"].lower()

@@ -233,6 +233,13 @@ async def send_message(call: ApiRequest, *, conversation_id: int, body: MessageC
     conversation, channel_name = found
     # The class says it all (consent channel, limits): no need to decrypt secrets and build an adapter.
     channel = channel_class(channel_name)
+    if not channel.capabilities.replies:
+        raise ApiError(
+            422,
+            "replies_unsupported",
+            f"{channel_name} cannot carry a written reply (a phone line); reach the contact on "
+            "another channel, such as SMS or WhatsApp.",
+        )
     limit = channel.capabilities.max_text_length
     if limit is not None and len(body.body) > limit:
         raise ApiError(

@@ -289,8 +289,11 @@ class AttachmentIn(RequestBody):
 
 
 class AttachmentOut(ResponseBody):
-    url: str
+    url: str = Field(description="Where to fetch it; empty when it could not be stored (see `error`).")
     content_type: str | None = None
+    filename: str | None = None
+    size: int | None = None
+    error: str | None = Field(None, description="Why Parley could not copy the file from the provider.")
 
 
 class ButtonIn(RequestBody):
@@ -354,7 +357,7 @@ class MessageOut(ResponseBody):
     status: MessageStatus
     content_attributes: dict[str, Any] = Field(
         description="Typed content beyond text: `location`, `shared_contacts`, `button_reply` (inbound); "
-        "`buttons`, `template` (outbound)."
+        "`buttons`, `template` (outbound); `call`, `recording`, `voicemail` (phone calls)."
     )
     provider_message_id: str | None = Field(
         description="The provider's id (Twilio's SM… sid) once sent or received."

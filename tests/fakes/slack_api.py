@@ -113,13 +113,36 @@ class FakeSlackApi:
         self._delays: list[float] = []
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.origin = ""
+        # Files shared in Slack, by path under /files-pri/: (bytes, mimetype).
+        self.files: dict[str, tuple[bytes, str]] = {}
+
+    def add_file(self, data: bytes, name: str, mimetype: str) -> str:
+        """A file as if shared in Slack; returns its `url_private`."""
+        path = f"{self.team_id}-F{secrets.token_hex(5).upper()}/{name}"
+        self.files[path] = (data, mimetype)
+        return f"{self.origin}/files-pri/{path}"
+
+    async def _file(self, request: web.Request) -> web.Response:
+        """`url_private`: the file with the bot token; without it Slack answers 200 with its login page."""
+        authorization = request.headers.get("Authorization", "")
+        if not secrets.compare_digest(authorization, f"Bearer {self.token}"):
+            return web.Response(
+                text="<!DOCTYPE html><html><title>Slack</title>Sign in</html>", content_type="text/html"
+            )
+        found = self.files.get(request.match_info["path"])
+        if found is None:
+            return web.Response(status=404, text="file not found")
+        return web.Response(body=found[0], content_type=found[1])
 
     async def start(self) -> str:
         """Serve on a random port; returns the base URL to use as `api_base_url`."""
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle)
+        app.router.add_get("/files-pri/{path:.+}", self._file)
         self._stopping = asyncio.Event()
         self._runner, origin = await serve_on_loopback(app)
+        self.origin = origin
         self.base_url = f"{origin}/api/"
         return self.base_url
 

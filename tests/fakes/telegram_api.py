@@ -102,6 +102,9 @@ class FakeTelegramApi:
         # Every Message object the fake answered with, in order.
         self.messages: list[dict[str, Any]] = []
         self.answered_callback_queries: list[str] = []
+        # Files customers "sent", by file_id: (bytes, file_path) as getFile reports them.
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.file_downloads: list[str] = []
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._failures: list[_Failure] = []
         self._delays: list[float] = []
@@ -124,6 +127,7 @@ class FakeTelegramApi:
         """Serve on a random port; returns the base URL to use as `api_base_url`."""
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{file_path:.+}", self._download)
         self._stopping = asyncio.Event()
         self._runner, self.base_url = await serve_on_loopback(app)
         return self.base_url
@@ -149,6 +153,12 @@ class FakeTelegramApi:
     def delay_next(self, seconds: float) -> None:
         """Hold the next method call for `seconds` before answering (timeout tests)."""
         self._delays.append(seconds)
+
+    def add_file(self, data: bytes, file_path: str) -> str:
+        """A file as if a customer had sent it; returns its file_id for an update's photo/document."""
+        file_id = f"AgACAgQAAxkBAAI{secrets.token_hex(12)}"
+        self.files[file_id] = (data, file_path)
+        return file_id
 
     def calls(self, method: str) -> list[BotApiCall]:
         """The requests made to `method` (compared case-insensitively, as Telegram does)."""
@@ -184,6 +194,16 @@ class FakeTelegramApi:
         except BotApiError as e:
             return _error(e.error_code, e.description)
         return web.json_response({"ok": True, "result": result})
+
+    async def _download(self, request: web.Request) -> web.Response:
+        """`GET /file/bot<token>/<file_path>`: what getFile pointed at (Telegram answers 404 otherwise)."""
+        self.file_downloads.append(request.match_info["file_path"])
+        if not secrets.compare_digest(request.match_info["token"], self.token):
+            return _error(404, "Not Found")
+        for data, file_path in self.files.values():
+            if file_path == request.match_info["file_path"]:
+                return web.Response(body=data, content_type="application/octet-stream")
+        return _error(404, "Not Found")
 
     # --- methods ------------------------------------------------------------------------------
 
@@ -227,6 +247,20 @@ class FakeTelegramApi:
         }
         return self._new_message(chat_id, params, fields | _caption(params))
 
+    def _get_file(self, params: dict[str, Any]) -> dict[str, Any]:
+        file_id = _str(params, "file_id")
+        if file_id not in self.files:
+            raise BotApiError(400, "Bad Request: invalid file_id")
+        data, file_path = self.files[file_id]
+        if len(data) > 20 * 1024 * 1024:
+            raise BotApiError(400, "Bad Request: file is too big")
+        return {
+            "file_id": file_id,
+            "file_unique_id": file_id[-12:],
+            "file_size": len(data),
+            "file_path": file_path,
+        }
+
     def _answer_callback_query(self, params: dict[str, Any]) -> bool:
         query_id = _str(params, "callback_query_id")
         if not query_id:
@@ -263,6 +297,7 @@ _METHODS: Mapping[str, Handler] = {
     "sendphoto": FakeTelegramApi._send_photo,
     "senddocument": FakeTelegramApi._send_document,
     "answercallbackquery": FakeTelegramApi._answer_callback_query,
+    "getfile": FakeTelegramApi._get_file,
 }
 
 

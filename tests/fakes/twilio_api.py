@@ -77,6 +77,48 @@ class FakeTwilioApi:
         self._stopping = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Media customers "sent", by MediaSid: (bytes, content type). Twilio redirects the media
+        # URL to short-lived storage, which the fake serves under /media-storage/.
+        self.media: dict[str, tuple[bytes, str]] = {}
+        self.media_requests: list[tuple[str, str | None]] = []
+        # The storage origin: the same server on a second port, as Twilio's media lives on another host.
+        self.storage_url = ""
+
+    def add_media(self, data: bytes, content_type: str, message_sid: str | None = None) -> str:
+        """A file as if a customer had sent it by MMS/WhatsApp; returns its MediaUrl."""
+        media_sid = "ME" + secrets.token_hex(16)
+        self.media[media_sid] = (data, content_type)
+        message_sid = message_sid or "MM" + secrets.token_hex(16)
+        messages = f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}/Messages"
+        return f"{messages}/{message_sid}/Media/{media_sid}"
+
+    def add_recording(self, data: bytes) -> str:
+        """A call recording; returns its RecordingUrl (Twilio serves `<url>.mp3` as audio/mpeg)."""
+        recording_sid = "RE" + secrets.token_hex(16)
+        self.media[recording_sid] = (data, "audio/mpeg")
+        return f"{self.base_url}/{API_VERSION}/Accounts/{self.account_sid}/Recordings/{recording_sid}"
+
+    async def _recording(self, request: web.Request) -> web.Response:
+        self.media_requests.append((request.path, request.headers.get("Authorization")))
+        if not self._authorised(request):
+            return _error(401, 20003, "Authenticate")
+        found = self.media.get(request.match_info["recording_sid"])
+        if found is None:
+            return _error(404, 20404, "The requested resource was not found")
+        return web.Response(body=found[0], content_type=found[1])
+
+    async def _media(self, request: web.Request) -> web.Response:
+        self.media_requests.append((request.path, request.headers.get("Authorization")))
+        if not self._authorised(request):
+            return _error(401, 20003, "Authenticate")
+        if request.match_info["media_sid"] not in self.media:
+            return _error(404, 20404, "The requested resource was not found")
+        raise web.HTTPFound(f"{self.storage_url}/media-storage/{request.match_info['media_sid']}")
+
+    async def _media_storage(self, request: web.Request) -> web.Response:
+        self.media_requests.append((request.path, request.headers.get("Authorization")))
+        data, content_type = self.media[request.match_info["media_sid"]]
+        return web.Response(body=data, content_type=content_type)
 
     async def start(self) -> str:
         """Serve on a random port; returns the base URL to use as `api_base_url`."""
@@ -84,8 +126,14 @@ class FakeTwilioApi:
         prefix = f"/{API_VERSION}/Accounts/{{account_sid}}"
         app.router.add_post(f"{prefix}/Messages.json", self._create_message)
         app.router.add_get(f"{prefix}/Messages/{{sid}}.json", self._fetch_message)
+        app.router.add_get(f"{prefix}/Messages/{{sid}}/Media/{{media_sid}}", self._media)
+        app.router.add_get("/media-storage/{media_sid}", self._media_storage)
+        app.router.add_get(f"{prefix}/Recordings/{{recording_sid}}.mp3", self._recording)
         self._stopping = asyncio.Event()
         self._runner, self.base_url = await serve_on_loopback(app)
+        storage = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await storage.start()
+        self.storage_url = f"http://127.0.0.1:{self._runner.addresses[1][1]}"
         return self.base_url
 
     async def stop(self) -> None:

@@ -264,6 +264,9 @@ class FakeWhatsAppCloudApi:
         self.media_requests.append(request.path)
         if not self._authorised(request):
             return _oauth_error()
+        if self._failures:  # fail_next() applies to whichever Graph call comes next
+            failure = self._failures.pop(0)
+            return _error(failure.status, failure.code, failure.message, details=failure.details)
         media_id = request.match_info["media_id"]
         media = self.media.get(media_id)
         if media is None:

@@ -593,7 +593,13 @@ async def test_posting_a_message_queues_it_and_the_dispatcher_sends_it(api: Api)
         api.admin.user_id,
     )
     assert message["attachments"] == [
-        {"url": "https://cdn.example.com/label.png", "content_type": "image/png"}
+        {
+            "url": "https://cdn.example.com/label.png",
+            "content_type": "image/png",
+            "filename": None,
+            "size": None,
+            "error": None,
+        }
     ]
     assert await api.events("message.outbound") == [
         {"message_id": message["id"], "conversation_id": conversation_id, "inbox_id": inbox_id}
@@ -843,6 +849,7 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         ("patch", "/api/v1/conversations/{conversation_id}"),
         ("get", "/api/v1/conversations/{conversation_id}/messages"),
         ("post", "/api/v1/conversations/{conversation_id}/messages"),
+        ("post", "/api/v1/conversations/{conversation_id}/typing"),
         ("get", "/api/v1/me"),
         ("put", "/api/v1/me/presence"),
         ("get", "/api/v1/openapi.json"),

@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient
 from channels.base import Address, Attachment, DeliveryStatus, InboundMessage
 from gateway.app import create_app
 from gateway.keys import MEDIA
-from parley.media import MediaStore, MediaTooLarge, safe_filename, store_inline_attachments
+from inbox.media_fetch import store_inline_attachments
+from parley.media import MediaStore, MediaTooLarge, safe_filename
 from parley.settings import Settings
 
 
