@@ -13,6 +13,7 @@ from parley.db import Database
 from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.settings import Settings
+from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 
 
 @dataclass(slots=True)
@@ -37,6 +38,18 @@ def build_subscribers(
         OUTBOUND_TOPIC: [delivery.deliver],
         EARLY_STATUS_TOPIC: [delivery.apply_early_status],
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
+        **routing_subscribers(Assigner(db)),
+    }
+
+
+def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
+    """Routing reacts to conversations opening, changing hands or closing, and to agents' changes."""
+    return {
+        "conversation.opened": [assigner.on_conversation_opened],
+        "conversation.reopened": [assigner.on_conversation_opened],
+        "conversation.updated": [assigner.on_conversation_updated],
+        "agent.presence_changed": [assigner.on_presence_changed],
+        PROFILE_CHANGED_TOPIC: [assigner.on_profile_changed],
     }
 
 

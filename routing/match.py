@@ -15,7 +15,7 @@ only the `manual` strategy leaves a conversation for a person to pick.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
@@ -50,6 +50,8 @@ def within_hours(hours: Mapping[str, Sequence[Sequence[str]]], time_zone: str, n
     yesterday = WEEKDAYS[(local.weekday() - 1) % 7]
     for start_text, end_text in hours.get(today, ()):
         start, end = time.fromisoformat(start_text), time.fromisoformat(end_text)
+        if start == end:
+            continue
         if (start <= clock < end) if start < end else clock >= start:
             return True
     for start_text, end_text in hours.get(yesterday, ()):
@@ -119,7 +121,7 @@ class Choice:
     strategy: str
 
 
-Loads = MutableMapping[int, MutableMapping[str, int]]
+Loads = dict[int, dict[str, int]]
 
 
 def free_capacity(agent: Agent, loads: Mapping[int, Mapping[str, int]], kind: str) -> int:

@@ -111,6 +111,8 @@ class ConversationRouting(Base):
     language: Mapped[str | None] = mapped_column(String(20))
     territory: Mapped[str | None] = mapped_column(String(20))
     priority: Mapped[int] = mapped_column(default=0)
+    # The contact's last agent, read when the conversation is queued (the `sticky` strategy).
+    previous_agent_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     queued_at: Mapped[datetime | None]
     assigned_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -9,12 +9,13 @@ could take it has room, and within a priority the queue is served first come, fi
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from routing.match import CHANNEL_KINDS, Agent, Choice, Need, eligible, match, plan
+from routing.match import CHANNEL_KINDS, Agent, Choice, Need, eligible, match, plan, within_hours
 
 SKILLS = ("billing", "tech")
 LANGUAGES = ("en", "es")
@@ -201,3 +202,14 @@ def test_territory_prefers_a_local_agent() -> None:
     agents = [Agent(1, True, {"chat": 5}), Agent(2, True, {"chat": 5}, territories=frozenset({"DE"}))]
     need = Need(1, "chat", 0.0, territory="DE", strategies=("territory",))
     assert match(need, agents, {2: {"chat": 2}}, 1.0) == Choice(1, 2, "territory")
+
+
+def test_working_hours_in_the_agents_time_zone_including_night_shifts() -> None:
+    # Monday 2026-11-23 22:30 UTC is Tuesday 07:30 in Tokyo and Monday 23:30 in Paris.
+    now = datetime(2026, 11, 23, 22, 30, tzinfo=UTC)
+    assert within_hours({"tue": [["07:00", "15:00"]]}, "Asia/Tokyo", now)
+    assert not within_hours({"mon": [["07:00", "15:00"]]}, "Asia/Tokyo", now)
+    assert within_hours({"mon": [["22:00", "06:00"]]}, "Europe/Paris", now)
+    assert within_hours({"sun": [["22:00", "06:00"]]}, "UTC", datetime(2026, 11, 23, 5, 0, tzinfo=UTC))
+    assert not within_hours({"mon": [["09:00", "09:00"]]}, "UTC", now)
+    assert within_hours({}, "UTC", now)

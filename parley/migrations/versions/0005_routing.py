@@ -214,6 +214,7 @@ def upgrade() -> None:
         sa.Column("language", sa.String(length=20), nullable=True),
         sa.Column("territory", sa.String(length=20), nullable=True),
         sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("previous_agent_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("queued_at", parley.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("assigned_at", parley.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("updated_at", parley.db.UTCDateTime(timezone=True), nullable=False),
@@ -233,6 +234,12 @@ def upgrade() -> None:
             ["overflow_team_id"],
             ["teams.id"],
             name=op.f("fk_conversation_routing_overflow_team_id_teams"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["previous_agent_id"],
+            ["users.id"],
+            name=op.f("fk_conversation_routing_previous_agent_id_users"),
             ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
