@@ -398,8 +398,8 @@ async def route(
     `since` is when the customer started waiting (the opening event's time), so the queue orders
     conversations by when they opened rather than by when a dispatcher got to them.
     """
-    now = utcnow()
     await lock_tenant(session, tenant_id)
+    now = utcnow()  # read under the lock: routing decisions of a tenant are totally ordered in time
     if not await enqueue(session, tenant_id, conversation_id, min(since or now, now)):
         return None
     choices = await serve_queue(session, tenant_id, now=now)
