@@ -276,3 +276,29 @@ async def test_an_agent_of_another_tenant_never_gets_the_conversation(
     await dispatcher.drain()
 
     assert await assignees(db, conversation) == [None]
+
+
+async def test_position_and_estimated_wait_follow_the_recent_serving_rate(
+    db: Database, dispatcher: Dispatcher
+) -> None:
+    from routing.queue import RATE_WINDOW, queue_entry
+
+    tenant = await make_tenant(db, "acme")
+    await add_agent(db, tenant.tenant_id, capacity={"chat": 1})
+    inbox = await add_inbox(db, tenant.tenant_id)
+    served = await open_conversation(db, tenant.tenant_id, inbox)
+    await dispatcher.drain()
+    second = await open_conversation(db, tenant.tenant_id, inbox)
+    await dispatcher.drain()
+    third = await open_conversation(db, tenant.tenant_id, inbox)
+    await dispatcher.drain()
+
+    async with db.sessionmaker() as session:
+        entry = await queue_entry(session, tenant.tenant_id, third)
+        done = await queue_entry(session, tenant.tenant_id, served)
+    assert entry is not None and done is not None
+    assert (entry.state, entry.position, entry.waiting) == ("waiting", 2, 2)
+    # One conversation served in the window: two ahead-or-at take two windows' worth.
+    assert entry.estimated_wait_seconds == 2 * RATE_WINDOW.total_seconds()
+    assert (done.state, done.position) == ("assigned", None)
+    assert second
