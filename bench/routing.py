@@ -64,8 +64,8 @@ async def build_world(dsn: str, agents: int, waiting: int, spare_contacts: int) 
             "INSERT INTO tenants (name, created_at) VALUES ('bench', now()) RETURNING id"
         )
         inbox = await conn.fetchval(
-            "INSERT INTO inboxes (tenant_id, name, channel, settings, secrets_encrypted, created_at, updated_at)"
-            " VALUES ($1, 'Support', 'twilio_sms', '{}', '', now(), now()) RETURNING id",
+            "INSERT INTO inboxes (tenant_id, name, channel, settings, secrets_encrypted, created_at,"
+            " updated_at) VALUES ($1, 'Support', 'twilio_sms', '{}', '', now(), now()) RETURNING id",
             tenant,
         )
         await conn.execute(
@@ -157,7 +157,8 @@ async def open_conversation(conn: asyncpg.Connection, world: dict[str, int], n: 
     return int(
         await conn.fetchval(
             """
-            INSERT INTO conversations (tenant_id, inbox_id, contact_id, identity_id, status, created_at, updated_at)
+            INSERT INTO conversations (tenant_id, inbox_id, contact_id, identity_id, status, created_at,
+                                       updated_at)
             SELECT $1, $2, $3, i.id, 'open', now(), now() FROM channel_identities i WHERE i.contact_id = $3
             RETURNING id
             """,
@@ -192,7 +193,8 @@ async def waiting_count(conn: asyncpg.Connection, world: dict[str, int]) -> int:
     return int(
         await conn.fetchval(
             "SELECT count(*) FROM conversation_routing r JOIN conversations c ON c.id = r.conversation_id"
-            " WHERE r.tenant_id = $1 AND r.state = 'waiting' AND c.assignee_id IS NULL AND c.status <> 'resolved'",
+            " WHERE r.tenant_id = $1 AND r.state = 'waiting' AND c.assignee_id IS NULL"
+            " AND c.status <> 'resolved'",
             world["tenant"],
         )
     )
@@ -277,8 +279,8 @@ _MARK = (
 )
 _TOUCH = "UPDATE agent_profiles SET last_assigned_at = now() WHERE user_id = $1"
 _HISTORY = (
-    "INSERT INTO assignments (tenant_id, conversation_id, contact_id, user_id, reason, waited_seconds, assigned_at)"
-    " VALUES ($1, $2, $3, $4, 'least_loaded', 0, now())"
+    "INSERT INTO assignments (tenant_id, conversation_id, contact_id, user_id, reason, waited_seconds,"
+    " assigned_at) VALUES ($1, $2, $3, $4, 'least_loaded', 0, now())"
 )
 _EVENT = (
     "INSERT INTO outbox_events (tenant_id, topic, payload, created_at, available_at, attempts, handled)"
@@ -434,9 +436,8 @@ async def measure(system_class: Any, server: str, args: argparse.Namespace) -> F
 
 def report(parley: Figures, baseline: Figures, args: argparse.Namespace, facts: str) -> None:
     print()
-    print(
-        f"routing: {args.agents} agents, {args.waiting} waiting, {args.decisions} decisions per phase; {facts}"
-    )
+    print(f"routing: {args.agents} agents, {args.waiting} waiting, {args.decisions} decisions a phase")
+    print(facts)
     print(f"{'':32}{'parley':>12}{'bare SQL':>12}{'ratio':>8}")
 
     def line(label: str, ours: float, theirs: float, unit: str) -> None:
