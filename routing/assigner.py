@@ -98,7 +98,7 @@ async def load_board(session: AsyncSession, tenant_id: int, now: datetime) -> Bo
     """The tenant's online agents with their profiles, teams and current loads."""
     rows = (
         await session.execute(
-            select(User.id, AgentProfile)
+            select(User.id, *_PROFILE_COLUMNS)
             .outerjoin(AgentProfile, AgentProfile.user_id == User.id)
             .where(
                 User.tenant_id == tenant_id,
@@ -109,10 +109,10 @@ async def load_board(session: AsyncSession, tenant_id: int, now: datetime) -> Bo
     ).all()
     if not rows:
         return Board((), {})
-    missing = [user_id for user_id, profile in rows if profile is None]
+    missing = [row.id for row in rows if row.user_id is None]
     if missing:
         await _create_default_profiles(session, tenant_id, missing)
-    online = [user_id for user_id, _ in rows]
+    online = [row.id for row in rows]
     teams: dict[int, set[int]] = {}
     for user_id, team_id in await session.execute(
         select(TeamMember.user_id, TeamMember.team_id).where(TeamMember.tenant_id == tenant_id)
@@ -132,15 +132,28 @@ async def load_board(session: AsyncSession, tenant_id: int, now: datetime) -> Bo
         kind = channel_kind(channel)
         per_agent = loads.setdefault(cast(int, assignee_id), {})
         per_agent[kind] = per_agent.get(kind, 0) + count
-    agents = [_agent(user_id, profile, frozenset(teams.get(user_id, ())), now) for user_id, profile in rows]
+    agents = [_agent(row, frozenset(teams.get(row.id, ())), now) for row in rows]
     return Board(agents, loads)
 
 
-def _agent(user_id: int, profile: AgentProfile | None, teams: frozenset[int], now: datetime) -> Agent:
-    if profile is None:
-        return Agent(user_id, True, DEFAULT_CAPACITY, teams)
+_PROFILE_COLUMNS = (
+    AgentProfile.user_id,
+    AgentProfile.skills,
+    AgentProfile.languages,
+    AgentProfile.territories,
+    AgentProfile.capacity,
+    AgentProfile.time_zone,
+    AgentProfile.working_hours,
+    AgentProfile.last_assigned_at,
+)
+
+
+def _agent(profile: Any, teams: frozenset[int], now: datetime) -> Agent:
+    """An `Agent` from a row of users joined with (maybe missing) agent_profiles columns."""
+    if profile.user_id is None:
+        return Agent(profile.id, True, DEFAULT_CAPACITY, teams)
     return Agent(
-        user_id=user_id,
+        user_id=profile.id,
         available=within_hours(profile.working_hours, profile.time_zone, now),
         capacity={str(k): int(v) for k, v in profile.capacity.items()},
         teams=teams,
@@ -176,7 +189,26 @@ async def _create_default_profiles(session: AsyncSession, tenant_id: int, user_i
     )
 
 
-def _need(row: ConversationRouting) -> Need:
+_NEED_COLUMNS = (
+    ConversationRouting.conversation_id,
+    ConversationRouting.contact_id,
+    ConversationRouting.channel_kind,
+    ConversationRouting.queued_at,
+    ConversationRouting.priority,
+    ConversationRouting.team_id,
+    ConversationRouting.overflow_team_id,
+    ConversationRouting.overflow_after_seconds,
+    ConversationRouting.required_skills,
+    ConversationRouting.language,
+    ConversationRouting.territory,
+    ConversationRouting.previous_agent_id,
+    ConversationRouting.strategies,
+    Conversation.inbox_id,
+)
+
+
+def _need(row: Any) -> Need:
+    """A `Need` from a row of `_NEED_COLUMNS`."""
     return Need(
         conversation_id=row.conversation_id,
         channel_kind=row.channel_kind,
@@ -196,7 +228,7 @@ def _need(row: ConversationRouting) -> Need:
 def _waiting(tenant_id: int) -> Any:
     """The tenant's queue in serving order: waiting, still unassigned and unresolved conversations."""
     return (
-        select(ConversationRouting, Conversation.inbox_id)
+        select(*_NEED_COLUMNS)
         .join(Conversation, Conversation.id == ConversationRouting.conversation_id)
         .where(
             ConversationRouting.tenant_id == tenant_id,
@@ -229,8 +261,8 @@ async def serve_queue(session: AsyncSession, tenant_id: int, *, now: datetime | 
         ).all()
         if not rows:
             break
-        needs = {row.conversation_id: (row, inbox_id) for row, inbox_id in rows}
-        choices = plan([_need(row) for row, _ in rows], board.agents, board.loads, now.timestamp())
+        needs = {row.conversation_id: row for row in rows}
+        choices = plan([_need(row) for row in rows], board.agents, board.loads, now.timestamp())
         await _write(session, tenant_id, choices, needs, now)
         made.extend(choices)
         skipped += len(rows) - len(choices)
@@ -243,7 +275,7 @@ async def _write(
     session: AsyncSession,
     tenant_id: int,
     choices: Sequence[Choice],
-    needs: Mapping[int, tuple[ConversationRouting, int]],
+    needs: Mapping[int, Any],
     now: datetime,
 ) -> None:
     if not choices:
@@ -259,7 +291,7 @@ async def _write(
     history = []
     events = []
     for c in choices:
-        row, inbox_id = needs[c.conversation_id]
+        row = needs[c.conversation_id]
         waited = (now - row.queued_at).total_seconds() if row.queued_at else None
         history.append(
             {
@@ -277,7 +309,7 @@ async def _write(
                 ASSIGNED_TOPIC,
                 {
                     "conversation_id": c.conversation_id,
-                    "inbox_id": inbox_id,
+                    "inbox_id": row.inbox_id,
                     "contact_id": row.contact_id,
                     "assignee_id": c.user_id,
                     "strategy": c.strategy,

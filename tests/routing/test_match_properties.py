@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from routing.match import CHANNEL_KINDS, Agent, Choice, Need, eligible, match, plan, within_hours
+from routing.match import CHANNEL_KINDS, Agent, Choice, Need, eligible, match, plan, plan_simple, within_hours
 
 SKILLS = ("billing", "tech")
 LANGUAGES = ("en", "es")
@@ -213,3 +213,52 @@ def test_working_hours_in_the_agents_time_zone_including_night_shifts() -> None:
     assert within_hours({"sun": [["22:00", "06:00"]]}, "UTC", datetime(2026, 11, 23, 5, 0, tzinfo=UTC))
     assert not within_hours({"mon": [["09:00", "09:00"]]}, "UTC", now)
     assert within_hours({}, "UTC", now)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    agent_specs=st.lists(agents, max_size=12),
+    need_specs=st.lists(needs, max_size=30),
+    loads_seed=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    last_seed=st.lists(st.sampled_from([0.0, 5.0, 9.0]), min_size=12, max_size=12),
+    territories=st.lists(st.sampled_from(["FR", "DE", None]), min_size=30, max_size=30),
+)
+def test_the_indexed_plan_makes_exactly_the_choices_of_the_simple_one(
+    agent_specs: list[tuple[dict[str, int], frozenset[int], dict[str, int], frozenset[str], bool]],
+    need_specs: list[dict[str, object]],
+    loads_seed: list[int],
+    last_seed: list[float],
+    territories: list[str | None],
+) -> None:
+    pool = [
+        Agent(
+            i + 1,
+            available,
+            capacity,
+            teams,
+            skills,
+            languages,
+            frozenset({"FR"} if i % 2 else {"DE"}),
+            last_seed[i],
+        )
+        for i, (capacity, teams, skills, languages, available) in enumerate(agent_specs)
+    ]
+    loads = {a.user_id: {"chat": loads_seed[i]} for i, a in enumerate(pool)}
+    waiting = []
+    for i, spec in enumerate(need_specs):
+        spec = dict(spec)
+        sticky = spec.pop("sticky")
+        if i % 3 == 0:  # most real conversations need nothing but room
+            spec.update(team_id=None, required_skills={}, language=None)
+        waiting.append(
+            Need(
+                conversation_id=i + 1,
+                queued_at=float(i % 7),
+                previous_agent_id=(i % 5) + 1 if sticky else None,
+                territory=territories[i],
+                **spec,  # type: ignore[arg-type]
+            )
+        )
+    simple_loads = {k: dict(v) for k, v in loads.items()}
+    assert plan(waiting, pool, loads, 10.0) == plan_simple(waiting, pool, simple_loads, 10.0)
+    assert loads == simple_loads
