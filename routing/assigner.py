@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -94,17 +94,27 @@ class Board:
         )
 
 
+def _online(tenant_id: int) -> ColumnElement[bool]:
+    return and_(User.tenant_id == tenant_id, User.presence == Presence.ONLINE, User.role.in_(ANSWERING_ROLES))
+
+
 async def load_board(session: AsyncSession, tenant_id: int, now: datetime) -> Board:
-    """The tenant's online agents with their profiles, teams and current loads."""
+    """The tenant's agents who could take something now (online, in hours, with room), and their loads.
+
+    Two reads: capacity and hours of everyone online first; the rest of the profile only for those
+    with room, so that queueing behind a full house stays cheap however many agents there are.
+    """
     rows = (
         await session.execute(
-            select(User.id, *_PROFILE_COLUMNS)
-            .outerjoin(AgentProfile, AgentProfile.user_id == User.id)
-            .where(
-                User.tenant_id == tenant_id,
-                User.presence == Presence.ONLINE,
-                User.role.in_(ANSWERING_ROLES),
+            select(
+                User.id,
+                AgentProfile.user_id,
+                AgentProfile.capacity,
+                AgentProfile.time_zone,
+                AgentProfile.working_hours,
             )
+            .outerjoin(AgentProfile, AgentProfile.user_id == User.id)
+            .where(_online(tenant_id))
         )
     ).all()
     if not rows:
@@ -112,19 +122,16 @@ async def load_board(session: AsyncSession, tenant_id: int, now: datetime) -> Bo
     missing = [row.id for row in rows if row.user_id is None]
     if missing:
         await _create_default_profiles(session, tenant_id, missing)
-    online = [row.id for row in rows]
-    teams: dict[int, set[int]] = {}
-    for user_id, team_id in await session.execute(
-        select(TeamMember.user_id, TeamMember.team_id).where(TeamMember.tenant_id == tenant_id)
-    ):
-        teams.setdefault(user_id, set()).add(team_id)
     loads: dict[int, dict[str, int]] = {}
     for assignee_id, channel, count in await session.execute(
+        # Every statement of a READ COMMITTED transaction sees its own snapshot, and presence
+        # changes do not take the routing lock: filtering on presence again here could miss the
+        # load of an agent the first read saw online. So: every holder's load, unfiltered.
         select(Conversation.assignee_id, Inbox.channel, func.count())
         .join(Inbox, Inbox.id == Conversation.inbox_id)
         .where(
             Conversation.tenant_id == tenant_id,
-            Conversation.assignee_id.in_(online),
+            Conversation.assignee_id.is_not(None),
             Conversation.status != ConversationStatus.RESOLVED,
         )
         .group_by(Conversation.assignee_id, Inbox.channel)
@@ -132,7 +139,37 @@ async def load_board(session: AsyncSession, tenant_id: int, now: datetime) -> Bo
         kind = channel_kind(channel)
         per_agent = loads.setdefault(cast(int, assignee_id), {})
         per_agent[kind] = per_agent.get(kind, 0) + count
-    agents = [_agent(row, frozenset(teams.get(row.id, ())), now) for row in rows]
+    capacities: dict[int, dict[str, int]] = {}
+    for row in rows:
+        capacity = (
+            dict(DEFAULT_CAPACITY)
+            if row.user_id is None
+            else {str(k): int(v) for k, v in row.capacity.items()}
+        )
+        held = loads.get(row.id, {})
+        if any(held.get(k, 0) < c for k, c in capacity.items()) and (
+            row.user_id is None or within_hours(row.working_hours, row.time_zone, now)
+        ):
+            capacities[row.id] = capacity
+    if not capacities:
+        return Board((), loads)
+    teams: dict[int, set[int]] = {}
+    for user_id, team_id in await session.execute(
+        select(TeamMember.user_id, TeamMember.team_id).where(TeamMember.tenant_id == tenant_id)
+    ):
+        teams.setdefault(user_id, set()).add(team_id)
+    with_profile = {row.id for row in rows if row.user_id is not None and row.id in capacities}
+    details = {
+        row.user_id: row
+        for row in await session.execute(
+            select(*_PROFILE_COLUMNS).where(AgentProfile.user_id.in_(sorted(with_profile)))
+        )
+    }
+    agents = [
+        _agent(user_id, capacity, details.get(user_id), frozenset(teams.get(user_id, ())))
+        for user_id, capacity in capacities.items()
+        if user_id in details or user_id not in with_profile  # a profile deleted meanwhile: skip
+    ]
     return Board(agents, loads)
 
 
@@ -141,21 +178,18 @@ _PROFILE_COLUMNS = (
     AgentProfile.skills,
     AgentProfile.languages,
     AgentProfile.territories,
-    AgentProfile.capacity,
-    AgentProfile.time_zone,
-    AgentProfile.working_hours,
     AgentProfile.last_assigned_at,
 )
 
 
-def _agent(profile: Any, teams: frozenset[int], now: datetime) -> Agent:
-    """An `Agent` from a row of users joined with (maybe missing) agent_profiles columns."""
-    if profile.user_id is None:
-        return Agent(profile.id, True, DEFAULT_CAPACITY, teams)
+def _agent(user_id: int, capacity: Mapping[str, int], profile: Any, teams: frozenset[int]) -> Agent:
+    """An available `Agent` from its capacity and a row of `_PROFILE_COLUMNS` (None: no profile yet)."""
+    if profile is None:
+        return Agent(user_id, True, capacity, teams)
     return Agent(
-        user_id=profile.id,
-        available=within_hours(profile.working_hours, profile.time_zone, now),
-        capacity={str(k): int(v) for k, v in profile.capacity.items()},
+        user_id=user_id,
+        available=True,
+        capacity=capacity,
         teams=teams,
         skills={str(k): int(v) for k, v in profile.skills.items()},
         languages=frozenset(str(lang).lower() for lang in profile.languages),

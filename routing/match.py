@@ -15,6 +15,7 @@ only the `manual` strategy leaves a conversation for a person to pick.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ DEFAULT_CHAIN = ("sticky", "skill", "least_loaded")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+@functools.cache
 def channel_kind(channel: str) -> str:
     """The capacity a channel draws on: phone calls are voice, mailboxes email, everything else chat."""
     if channel.startswith("email") or channel in {"imap", "smtp", "mailgun", "postmark", "sendgrid"}:
