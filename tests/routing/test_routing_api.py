@@ -281,3 +281,69 @@ async def test_every_tenant_sees_only_its_own_routing(api: Api) -> None:
     assert teams["data"] == []
     status, listing = await api.call("GET", "/queue")
     assert [e["conversation_id"] for e in listing["data"]] == [conversation]
+
+
+async def test_the_conversation_api_resolving_or_handing_over_keeps_the_queue_moving(api: Api) -> None:
+    from sqlalchemy import select
+
+    from routing.models import Assignment
+
+    tenant = api.admin.tenant_id
+    first_agent = await add_agent(api.db, tenant, capacity={"chat": 1})
+    inbox = await add_inbox(api.db, tenant)
+    held = await open_conversation(api.db, tenant, inbox)
+    api.notify()
+
+    async def taken() -> bool:
+        return await assignees(api.db, held) == [first_agent]
+
+    await eventually(taken)
+    waiting = await open_conversation(api.db, tenant, inbox)
+    api.notify()
+
+    async def queued() -> bool:
+        status, entry = await api.call("GET", f"/conversations/{waiting}/queue")
+        return status == 200 and entry["position"] == 1
+
+    await eventually(queued)
+
+    # Handing the held conversation to someone else by hand frees the first agent's slot.
+    second_agent = await add_agent(api.db, tenant, capacity={"chat": 0})
+    status, _ = await api.call("PATCH", f"/conversations/{held}", body={"assignee_id": second_agent})
+    assert status == 200
+
+    async def handed_over() -> bool:
+        return await assignees(api.db, held, waiting) == [second_agent, first_agent]
+
+    await eventually(handed_over)
+    async with api.db.sessionmaker() as session:
+        reasons = (
+            await session.execute(
+                select(Assignment.conversation_id, Assignment.user_id, Assignment.reason).order_by(
+                    Assignment.id
+                )
+            )
+        ).all()
+    assert [(r.conversation_id, r.user_id) for r in reasons] == [
+        (held, first_agent),
+        (held, second_agent),
+        (waiting, first_agent),
+    ]
+    assert [r.reason for r in reasons] == ["least_loaded", "manual", "least_loaded"]
+
+    # Resolving through the API serves the next one.
+    third = await open_conversation(api.db, tenant, inbox)
+    api.notify()
+    await eventually(lambda: _is_waiting(api, third))
+    status, _ = await api.call("PATCH", f"/conversations/{waiting}", body={"status": "resolved"})
+    assert status == 200
+
+    async def next_served() -> bool:
+        return await assignees(api.db, third) == [first_agent]
+
+    await eventually(next_served)
+
+
+async def _is_waiting(api: Api, conversation_id: int) -> bool:
+    status, entry = await api.call("GET", f"/conversations/{conversation_id}/queue")
+    return status == 200 and entry["state"] == "waiting"
