@@ -16,6 +16,7 @@ gateway processes and workers can route side by side.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -563,6 +564,27 @@ class Assigner:
             elif "assignee_id" in changes and await _latest_assignee(session, conversation_id) != assignee:
                 await assign(session, tenant_id, conversation_id, assignee, reason="manual")
             await serve_queue(session, tenant_id)
+
+    async def sweep(self) -> int:
+        """Serve every queue with someone waiting; how many were assigned.
+
+        Overflow waits ending and working hours starting are not events: a periodic sweep notices
+        them (`run_sweeps` in the embedded default; durable timers can call this instead).
+        """
+        async with self.db.sessionmaker() as session:
+            tenants = await tenants_waiting(session, older_than=timedelta(0))
+        return sum([len(await self.drain(tenant_id)) for tenant_id in tenants])
+
+    async def run_sweeps(self, *, interval: float = 15.0) -> None:
+        """Sweep every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive a database hiccup
+                logger.exception("routing sweep failed; retrying")
 
     async def drain(self, tenant_id: int) -> list[Choice]:
         """Serve the tenant's queue now."""

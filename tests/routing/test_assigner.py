@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -302,3 +303,25 @@ async def test_position_and_estimated_wait_follow_the_recent_serving_rate(
     assert entry.estimated_wait_seconds == 2 * RATE_WINDOW.total_seconds()
     assert (done.state, done.position) == ("assigned", None)
     assert second
+
+
+async def test_a_sweep_serves_what_no_event_announces_such_as_an_overflow_wait_ending(
+    db: Database, dispatcher: Dispatcher
+) -> None:
+    tenant = await make_tenant(db, "acme")
+    tier1 = await add_team(db, tenant.tenant_id, "tier 1")
+    tier2 = await add_team(db, tenant.tenant_id, "tier 2")
+    helper = await add_agent(db, tenant.tenant_id, teams=[tier2])
+    inbox = await add_inbox(
+        db, tenant.tenant_id, serving_team_id=tier1, overflow_team_id=tier2, overflow_after_seconds=1
+    )
+    conversation = await open_conversation(db, tenant.tenant_id, inbox)
+    await dispatcher.drain()
+    assert await assignees(db, conversation) == [None]
+    assigner = Assigner(db)
+    assert await assigner.sweep() == 0  # still within the wait
+
+    await asyncio.sleep(1.1)
+
+    assert await assigner.sweep() == 1
+    assert await assignees(db, conversation) == [helper]

@@ -187,7 +187,7 @@ async def test_conversation_needs_reorder_the_queue(api: Api) -> None:
     api.notify()
 
     async def both_waiting() -> bool:
-        return (await api.call("GET", f"/conversations/{second}/queue"))[0] == 200
+        return all([await _is_waiting(api, c) for c in (first, second)])
 
     await eventually(both_waiting)
     status, entry = await api.call("PUT", f"/conversations/{second}/routing", body={"priority": 10})
