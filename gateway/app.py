@@ -55,6 +55,8 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             sweeps.cancel()
             await asyncio.gather(sweeps, return_exceptions=True)
         if task is not None:
+            runtime.dispatcher.stop()  # let handlers in flight finish their transactions first
+            await asyncio.wait({task}, timeout=10)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if celery is not None:
