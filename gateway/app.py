@@ -20,6 +20,7 @@ from gateway.wiring import build_runtime
 from parley.crypto import SecretBox
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
+from routing.assigner import Assigner
 
 
 def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -> web.Application:
@@ -39,17 +40,25 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None
+        sweeps: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
             task = asyncio.create_task(runtime.dispatcher.run_forever())
+            # Overflow waits and working hours end without an event; a sweep serves the queues.
+            sweeps = asyncio.create_task(Assigner(runtime.db).run_sweeps())
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
             app[NOTIFIER] = celery
             await celery.start()
         yield
+        if sweeps is not None:
+            sweeps.cancel()
+            await asyncio.gather(sweeps, return_exceptions=True)
         if task is not None:
+            runtime.dispatcher.stop()  # let handlers in flight finish their transactions first
+            await asyncio.wait({task}, timeout=10)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if celery is not None:

@@ -15,6 +15,7 @@ from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.realtime import Hub, build_hub
 from parley.settings import Settings
+from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 
 
 @dataclass(slots=True)
@@ -41,6 +42,18 @@ def build_subscribers(
         OUTBOUND_TOPIC: [delivery.deliver],
         EARLY_STATUS_TOPIC: [delivery.apply_early_status],
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
+        **routing_subscribers(Assigner(db)),
+    }
+
+
+def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
+    """Routing reacts to conversations opening, changing hands or closing, and to agents' changes."""
+    return {
+        "conversation.opened": [assigner.on_conversation_opened],
+        "conversation.reopened": [assigner.on_conversation_opened],
+        "conversation.updated": [assigner.on_conversation_updated],
+        "agent.presence_changed": [assigner.on_presence_changed],
+        PROFILE_CHANGED_TOPIC: [assigner.on_profile_changed],
     }
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
         subscribers[PRESENCE_CHANGED_TOPIC] = [PresenceAnnouncer(db, directory.hub).announce]

@@ -98,7 +98,16 @@ async def test_signed_sms_creates_contact_conversation_and_message(gateway: Gate
         identity = (await session.execute(select(ChannelIdentity))).scalar_one()
         conversation = (await session.execute(select(Conversation))).scalar_one()
         message = (await session.execute(select(Message))).scalar_one()
-        topics = sorted((await session.execute(select(OutboxEvent.topic))).scalars())
+        # Routing may already have queued the conversation (nobody is online): not the pipeline's doing.
+        topics = sorted(
+            (
+                await session.execute(
+                    select(OutboxEvent.topic).where(OutboxEvent.topic != "conversation.queued")
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert (identity.kind, identity.address, identity.contact_id) == ("phone", "+14155550100", contact.id)
     assert contact.phone == "+14155550100" and contact.tenant_id == gateway.tenant.tenant_id
     assert (conversation.contact_id, conversation.inbox_id, conversation.status) == (

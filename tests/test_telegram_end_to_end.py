@@ -122,7 +122,16 @@ async def test_a_text_update_creates_contact_conversation_and_message(gateway: G
         identity = (await session.execute(select(ChannelIdentity))).scalar_one()
         conversation = (await session.execute(select(Conversation))).scalar_one()
         message = (await session.execute(select(Message))).scalar_one()
-        topics = sorted((await session.execute(select(OutboxEvent.topic))).scalars())
+        # Routing may already have queued the conversation (nobody is online): not the pipeline's doing.
+        topics = sorted(
+            (
+                await session.execute(
+                    select(OutboxEvent.topic).where(OutboxEvent.topic != "conversation.queued")
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert (identity.kind, identity.address, identity.contact_id) == ("telegram", str(USER_ID), contact.id)
     assert (contact.name, contact.phone, contact.email) == ("Ada Lovelace", None, None)
     assert (conversation.contact_id, conversation.inbox_id, conversation.status) == (

@@ -7,7 +7,7 @@ import json
 
 from aiohttp import web
 
-from gateway.api import contacts, conversations, inboxes, me, typing_indicator
+from gateway.api import assignment, contacts, conversations, inboxes, me, typing_indicator
 from gateway.api.openapi import OPENAPI_PATH, build_openapi
 from gateway.api.routing import Operation, RouteTable, add_routes
 
@@ -17,6 +17,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     contacts.routes,
     conversations.routes,
     typing_indicator.routes,
+    assignment.routes,
 )
 
 

@@ -16,6 +16,8 @@ class Permission(StrEnum):
     READ_CONVERSATIONS = "conversations:read"
     UPDATE_CONVERSATIONS = "conversations:update"
     SEND_MESSAGES = "messages:send"
+    MANAGE_ROUTING = "routing:manage"
+    OVERRIDE_ASSIGNMENT = "assignments:override"
 
 
 _EVERYTHING = frozenset(Permission)
@@ -24,7 +26,8 @@ _READ_CRM = frozenset({Permission.READ_CONTACTS, Permission.READ_CONVERSATIONS})
 GRANTS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _EVERYTHING,
     Role.SUPERVISOR: _EVERYTHING,
-    Role.AGENT: _EVERYTHING - {Permission.MANAGE_INBOXES},
+    Role.AGENT: _EVERYTHING
+    - {Permission.MANAGE_INBOXES, Permission.MANAGE_ROUTING, Permission.OVERRIDE_ASSIGNMENT},
     Role.MARKETER: _READ_CRM,
     Role.BOT_DESIGNER: _READ_CRM,
 }

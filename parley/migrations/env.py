@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import crm_core.models
 import inbox.models
 import parley.models
+import routing.models
 from parley.db import Base
 
-_ = (crm_core.models, inbox.models, parley.models)  # every table must be known to autogenerate
+# Every table must be known to autogenerate.
+_ = (crm_core.models, inbox.models, parley.models, routing.models)
 target_metadata = Base.metadata
 config = context.config
 
