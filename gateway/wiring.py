@@ -44,6 +44,10 @@ def build_subscribers(
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
         **routing_subscribers(Assigner(db)),
     }
+    if directory.hub is not None:  # open web chat widgets learn when an agent comes online
+        announce = PresenceAnnouncer(db, directory.hub).announce
+        subscribers[PRESENCE_CHANGED_TOPIC] = [*subscribers.get(PRESENCE_CHANGED_TOPIC, []), announce]
+    return subscribers
 
 
 def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
@@ -55,9 +59,6 @@ def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
         "agent.presence_changed": [assigner.on_presence_changed],
         PROFILE_CHANGED_TOPIC: [assigner.on_profile_changed],
     }
-    if directory.hub is not None:  # open web chat widgets learn when an agent comes online
-        subscribers[PRESENCE_CHANGED_TOPIC] = [PresenceAnnouncer(db, directory.hub).announce]
-    return subscribers
 
 
 def build_media_store(settings: Settings) -> MediaStore:
