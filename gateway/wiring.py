@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crm_core.subscribers import crm_subscribers
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
@@ -33,11 +34,14 @@ def build_subscribers(
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
     delivery = OutboundDelivery(db, directory, lambda: settings.public_url)
-    return {
+    subscribers: dict[str, list[Handler]] = {
         OUTBOUND_TOPIC: [delivery.deliver],
         EARLY_STATUS_TOPIC: [delivery.apply_early_status],
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
     }
+    for topic, handlers in crm_subscribers(db).items():
+        subscribers.setdefault(topic, []).extend(handlers)
+    return subscribers
 
 
 def build_media_store(settings: Settings) -> MediaStore:
