@@ -7,11 +7,19 @@ import json
 
 from aiohttp import web
 
-from gateway.api import contacts, conversations, inboxes, me
+from gateway.api import companies, contacts, conversations, crm, deals, inboxes, me
 from gateway.api.openapi import OPENAPI_PATH, build_openapi
 from gateway.api.routing import Operation, RouteTable, add_routes
 
-ROUTE_TABLES: tuple[RouteTable, ...] = (me.routes, inboxes.routes, contacts.routes, conversations.routes)
+ROUTE_TABLES: tuple[RouteTable, ...] = (
+    me.routes,
+    inboxes.routes,
+    contacts.routes,
+    conversations.routes,
+    companies.routes,
+    deals.routes,
+    crm.routes,
+)
 
 
 def operations() -> list[Operation]:

@@ -16,6 +16,11 @@ class Permission(StrEnum):
     READ_CONVERSATIONS = "conversations:read"
     UPDATE_CONVERSATIONS = "conversations:update"
     SEND_MESSAGES = "messages:send"
+    MERGE_CONTACTS = "contacts:merge"
+    READ_DEALS = "deals:read"
+    WRITE_DEALS = "deals:write"
+    MANAGE_CRM = "crm:manage"  # custom attribute definitions, pipelines, CRM settings
+    MANAGE_SCORING = "scoring:manage"
 
 
 _EVERYTHING = frozenset(Permission)
@@ -24,8 +29,9 @@ _READ_CRM = frozenset({Permission.READ_CONTACTS, Permission.READ_CONVERSATIONS})
 GRANTS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _EVERYTHING,
     Role.SUPERVISOR: _EVERYTHING,
-    Role.AGENT: _EVERYTHING - {Permission.MANAGE_INBOXES},
-    Role.MARKETER: _READ_CRM,
+    Role.AGENT: _EVERYTHING - {Permission.MANAGE_INBOXES, Permission.MANAGE_CRM, Permission.MANAGE_SCORING},
+    # Marketers own lead scoring and read the pipeline it feeds.
+    Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},
     Role.BOT_DESIGNER: _READ_CRM,
 }
 
