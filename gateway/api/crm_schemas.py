@@ -17,7 +17,10 @@ Key = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Domain = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, to_lower=True, max_length=253, pattern=r"^([a-z0-9-]{1,63}\.)+[a-z]{2,63}$"
+        strip_whitespace=True,
+        to_lower=True,
+        max_length=253,
+        pattern=r"^([A-Za-z0-9-]{1,63}\.)+[A-Za-z]{2,63}$",
     ),
 ]
 
