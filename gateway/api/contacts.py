@@ -192,9 +192,7 @@ async def _attribute_filter(
     return stmt.where(element.as_string() == value)
 
 
-async def contact_search(
-    session: AsyncSession, tenant_id: int, query: ContactQuery
-) -> Select[Contact]:
+async def contact_search(session: AsyncSession, tenant_id: int, query: ContactQuery) -> Select[Contact]:
     """The statement `GET /contacts` runs (bench/crm.py measures it)."""
     stmt = select(Contact).where(Contact.tenant_id == tenant_id)
     if query.q is not None:
