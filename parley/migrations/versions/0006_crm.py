@@ -342,6 +342,16 @@ def upgrade() -> None:
             "ix_channel_identities_tenant_id_match_key", ["tenant_id", "match_key"], unique=False
         )
 
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # trusted: the database owner may
+    for column in ("name", "email", "phone"):
+        op.create_index(
+            f"ix_contacts_{column}_trgm",
+            "contacts",
+            [column],
+            postgresql_using="gin",
+            postgresql_ops={column: "gin_trgm_ops"},
+        )
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("company_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True)
@@ -361,6 +371,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for column in ("name", "email", "phone"):
+        op.drop_index(f"ix_contacts_{column}_trgm", table_name="contacts")
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("fk_contacts_company_id_companies"), type_="foreignkey")
         batch_op.drop_index(batch_op.f("ix_contacts_company_id"))
