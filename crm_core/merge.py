@@ -139,7 +139,7 @@ async def _move_consents(
 
 
 async def _move_conversations(
-    session: AsyncSession, report: MergeReport, survivor: Contact, merged: Contact
+    session: AsyncSession, report: MergeReport, survivor: Contact, merged: Contact, user_id: int | None
 ) -> None:
     active = (Conversation.status != ConversationStatus.RESOLVED) & Conversation.thread_key.is_(None)
     survivor_inboxes = set(
@@ -159,22 +159,26 @@ async def _move_conversations(
     now = utcnow()
     events: list[tuple[str, dict[str, Any]]] = []
     for conversation in rows:
+        changes: dict[str, dict[str, Any]] = {"contact_id": {"old": merged.id, "new": survivor.id}}
         unresolved = conversation.status != ConversationStatus.RESOLVED and conversation.thread_key is None
         if unresolved and conversation.inbox_id in survivor_inboxes:
+            changes["status"] = {"old": conversation.status, "new": str(ConversationStatus.RESOLVED)}
             conversation.status, conversation.resolved_at = ConversationStatus.RESOLVED, now
             report.conversations_resolved.append(conversation.id)
-            events.append(
-                (
-                    "conversation.updated",
-                    {
-                        "conversation_id": conversation.id,
-                        "changes": {"status": {"to": "resolved"}, "contact_id": {"to": survivor.id}},
-                        "reason": "contact_merged",
-                    },
-                )
-            )
         conversation.contact_id = survivor.id
         report.conversations_moved.append(conversation.id)
+        events.append(
+            (
+                "conversation.updated",
+                {
+                    "conversation_id": conversation.id,
+                    "inbox_id": conversation.inbox_id,
+                    "contact_id": survivor.id,
+                    "changes": changes,
+                    "changed_by": {"type": "user", "id": user_id, "via": "contact_merge"},
+                },
+            )
+        )
     # Resolve before moving: the survivor may hold only one unresolved conversation per inbox.
     await session.flush()
     if rows:
@@ -218,7 +222,7 @@ async def _merge_into(
         report.identities.append({"id": identity.id, "kind": identity.kind, "address": identity.address})
     await session.flush()
 
-    await _move_conversations(session, report, survivor, merged)
+    await _move_conversations(session, report, survivor, merged, user_id)
     await _move_consents(session, report, survivor, merged)
 
     deals = (await session.execute(select(Deal).where(Deal.contact_id == merged.id))).scalars()

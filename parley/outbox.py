@@ -107,9 +107,15 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self._semaphore = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def notify(self) -> None:
         """Wake the running loop: something was just committed."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask `run_forever` to return after the batch in hand: handlers are not cut off mid-transaction."""
+        self._stopping = True
         self._wake.set()
 
     async def run_once(self) -> int:
@@ -163,7 +169,7 @@ class Dispatcher:
         batch rather than one small transaction per webhook.
         """
         next_purge = asyncio.get_running_loop().time()
-        while True:
+        while not self._stopping:
             if asyncio.get_running_loop().time() >= next_purge:
                 next_purge += purge_every
                 with contextlib.suppress(SQLAlchemyError):
@@ -176,7 +182,7 @@ class Dispatcher:
                 logger.exception("outbox dispatch failed; retrying")
                 n = 0
                 await asyncio.sleep(poll_interval)
-            if n < self.batch_size:
+            if n < self.batch_size and not self._stopping:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll_interval)

@@ -464,6 +464,12 @@ async def test_merge_preview_changes_nothing_and_merging_moves_everything(api: A
     assert await api.events("contact.merged") == [
         {"survivor_id": ann["id"], "merged_id": anne["id"], "merge_id": audit.id}
     ]
+    moved = {"contact_id": {"old": anne["id"], "new": ann["id"]}}
+    updates = {e["conversation_id"]: e["changes"] for e in await api.events("conversation.updated")}
+    assert updates == {
+        f["anne_open"]: moved | {"status": {"old": "open", "new": "resolved"}},
+        f["anne_old"]: moved,
+    }
     status, merges = await api.call("GET", f"/contacts/{ann['id']}/merges")
     assert [m["merged_id"] for m in merges["data"]] == [anne["id"]]
 
