@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -57,8 +58,11 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             sweeps.cancel()
             await asyncio.gather(sweeps, return_exceptions=True)
         if task is not None:
-            runtime.dispatcher.stop()  # let handlers in flight finish their transactions first
-            await asyncio.wait({task}, timeout=10)
+            # Let handlers in flight commit: one cut off mid-transaction can leave a task waiting on
+            # a connection that is closed next (aiosqlite), and the event loop never shuts down.
+            runtime.dispatcher.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout=10)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         if celery is not None:

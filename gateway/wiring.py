@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crm_core.subscribers import crm_subscribers
 from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
@@ -44,6 +45,8 @@ def build_subscribers(
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
         **routing_subscribers(Assigner(db)),
     }
+    for topic, handlers in crm_subscribers(db).items():
+        subscribers.setdefault(topic, []).extend(handlers)
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
         announce = PresenceAnnouncer(db, directory.hub).announce
         subscribers[PRESENCE_CHANGED_TOPIC] = [*subscribers.get(PRESENCE_CHANGED_TOPIC, []), announce]

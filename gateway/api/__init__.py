@@ -7,7 +7,17 @@ import json
 
 from aiohttp import web
 
-from gateway.api import assignment, contacts, conversations, inboxes, me, typing_indicator
+from gateway.api import (
+    assignment,
+    companies,
+    contacts,
+    conversations,
+    crm,
+    deals,
+    inboxes,
+    me,
+    typing_indicator,
+)
 from gateway.api.openapi import OPENAPI_PATH, build_openapi
 from gateway.api.routing import Operation, RouteTable, add_routes
 
@@ -18,6 +28,9 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     conversations.routes,
     typing_indicator.routes,
     assignment.routes,
+    companies.routes,
+    deals.routes,
+    crm.routes,
 )
 
 

@@ -18,6 +18,11 @@ class Permission(StrEnum):
     SEND_MESSAGES = "messages:send"
     MANAGE_ROUTING = "routing:manage"
     OVERRIDE_ASSIGNMENT = "assignments:override"
+    MERGE_CONTACTS = "contacts:merge"
+    READ_DEALS = "deals:read"
+    WRITE_DEALS = "deals:write"
+    MANAGE_CRM = "crm:manage"  # custom attribute definitions, pipelines, CRM settings
+    MANAGE_SCORING = "scoring:manage"
 
 
 _EVERYTHING = frozenset(Permission)
@@ -27,8 +32,15 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _EVERYTHING,
     Role.SUPERVISOR: _EVERYTHING,
     Role.AGENT: _EVERYTHING
-    - {Permission.MANAGE_INBOXES, Permission.MANAGE_ROUTING, Permission.OVERRIDE_ASSIGNMENT},
-    Role.MARKETER: _READ_CRM,
+    - {
+        Permission.MANAGE_INBOXES,
+        Permission.MANAGE_ROUTING,
+        Permission.OVERRIDE_ASSIGNMENT,
+        Permission.MANAGE_CRM,
+        Permission.MANAGE_SCORING,
+    },
+    # Marketers own lead scoring and read the pipeline it feeds.
+    Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},
     Role.BOT_DESIGNER: _READ_CRM,
 }
 

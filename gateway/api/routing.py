@@ -211,6 +211,11 @@ class _InvalidRequest(Exception):
         self.details = details
 
 
+def field_errors(errors: dict[str, str], *, type: str = "value_error") -> Exception:
+    """A 422 `validation_error` naming each field at fault, for checks a handler makes against stored data."""
+    return _InvalidRequest([ErrorDetail(field=f, message=m, type=type) for f, m in errors.items()])
+
+
 def error_response(
     status: int,
     code: str,

@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from channels.registry import CHANNELS
+from crm_core.lifecycle_stages import LifecycleStage
 from inbox.models import ConversationStatus, MessageStatus
 from parley.auth import normalise_email
 from parley.models import Presence, Role
@@ -196,22 +197,58 @@ class InboxList(Page):
 # --- contacts -----------------------------------------------------------------------------------
 
 
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=64)]
+ContactSort = Literal[
+    "-id", "id", "-created_at", "created_at", "-updated_at", "updated_at", "name", "-name", "-score", "score"
+]
+
+
 class ContactQuery(PageQuery):
     q: str | None = Field(
-        None, min_length=1, max_length=200, description="Substring of name, email or phone."
+        None,
+        min_length=1,
+        max_length=200,
+        description="Substring of name, email or phone; an email or phone number (any format) also "
+        "finds the contact it is an address of.",
     )
     phone: str | None = Field(None, description="Exact phone number, in international format.")
+    email: str | None = Field(None, description="Exact email address (any case).")
+    tag: Tag | None = None
+    lifecycle_stage: LifecycleStage | None = None
+    company_id: Id | None = None
+    attribute: str | None = Field(
+        None,
+        max_length=300,
+        description="`key:value`, a custom attribute's value (as text), e.g. `plan:gold`.",
+    )
+    min_score: float | None = Field(None, description="The score when it last changed is at least this.")
+    sort: ContactSort = Field("-id", description="A field, `-` first for descending; `-id` is newest first.")
 
     _phone = field_validator("phone")(_optional_phone)
+    _email = field_validator("email")(_checked_email)
 
 
 class ContactCreate(RequestBody):
     name: Name | None = None
     email: str | None = None
-    phone: str | None = Field(None, description="International format; stored as E.164.")
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)] | None = (
+        Field(
+            None,
+            description="International, or national in `region` (default: the tenant's CRM default region); "
+            "stored as E.164.",
+        )
+    )
+    region: Annotated[str, StringConstraints(pattern="^[A-Za-z]{2}$", to_upper=True)] | None = Field(
+        None, description="ISO 3166 country a national-format phone is from, e.g. `GB`."
+    )
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Custom attributes, checked by type."
+    )
+    tags: list[Tag] = Field(default_factory=list, max_length=50)
+    company_id: Id | None = None
+    lifecycle_stage: LifecycleStage | None = Field(None, description="Default: `lead`.")
 
     _email = field_validator("email")(_checked_email)
-    _phone = field_validator("phone")(_optional_phone)
 
     @model_validator(mode="after")
     def _not_empty(self) -> ContactCreate:
@@ -226,6 +263,9 @@ class ContactUpdate(RequestBody):
     attributes: dict[str, Any] | None = Field(
         None, description="Merged into the current attributes; a key set to null is removed."
     )
+    tags: list[Tag] | None = Field(None, max_length=50, description="Replaces the contact's tags.")
+    company_id: Id | None = Field(None, description="A company of the tenant; null unlinks.")
+    lifecycle_stage: LifecycleStage | None = Field(None, description="A manual move, kept in the history.")
 
     _email = field_validator("email")(_checked_email)
 
@@ -236,6 +276,12 @@ class ContactOut(ResponseBody):
     email: str | None
     phone: str | None
     attributes: dict[str, Any]
+    company_id: int | None
+    lifecycle_stage: LifecycleStage
+    score: float = Field(
+        description="The score when it last changed (it decays): see `/contacts/{id}/score`."
+    )
+    tags: list[str] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
 

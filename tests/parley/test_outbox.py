@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -133,3 +134,24 @@ async def test_purge_deletes_only_events_completed_long_ago(db: Database) -> Non
     async with db.sessionmaker() as session:
         left = set((await session.execute(select(OutboxEvent.id))).scalars())
     assert left == {recent, pending}
+
+
+async def test_stopping_lets_the_handler_in_hand_commit_before_run_forever_returns(db: Database) -> None:
+    started = asyncio.Event()
+    finished: list[int] = []
+
+    async def slow(event: Event) -> None:
+        started.set()
+        async with db.transaction() as session:
+            await asyncio.sleep(0.3)
+            await emit(session, None, ("thing.followed", {"after": event.id}))
+        finished.append(event.id)
+
+    event_id = await emit_one(db)
+    dispatcher = Dispatcher(db, {"thing.happened": [slow]})
+    task = asyncio.create_task(dispatcher.run_forever(poll_interval=0.05))
+    await asyncio.wait_for(started.wait(), 10)
+    dispatcher.stop()
+    await asyncio.wait_for(task, 10)  # returns by itself, after the handler
+    assert finished == [event_id]
+    assert (await event_row(db, event_id)).completed_at is not None
