@@ -41,6 +41,9 @@ import aiohttp
 import asyncpg
 import uvloop
 
+# The repository before bench/: bench/routing.py must not stand in for the routing package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "twilio_sms" / "inbound__sms.txt"

@@ -19,7 +19,7 @@ from crm_core.deals import DEAL_OPENED_TOPIC
 from crm_core.duplicates import fill_match_keys
 from crm_core.lifecycle import advance_to, set_stage
 from crm_core.lifecycle_stages import LifecycleStage
-from crm_core.models import ChannelIdentity, Contact, LifecycleChange
+from crm_core.models import ChannelIdentity, Contact, LifecycleChange, ScoringRule
 from crm_core.scoring import record_event
 from inbox.models import Message
 from parley.db import Database
@@ -130,6 +130,20 @@ class CrmSubscribers:
 
     async def message_received(self, event: Event) -> None:
         """Score the contact's message with the tenant's message rules (keywords, intent)."""
+        # Most tenants score no messages: one read instead of a write transaction per message
+        # keeps the dispatcher off the ingest path's back (bench/ingest.py).
+        async with self.db.sessionmaker() as session:
+            scored = await session.execute(
+                select(
+                    exists().where(
+                        ScoringRule.tenant_id == event.tenant_id,
+                        ScoringRule.trigger == "message.received",
+                        ScoringRule.enabled.is_(True),
+                    )
+                )
+            )
+            if not scored.scalar_one():
+                return
         async with self.db.transaction() as session:
             contact = await self._contact(session, event)
             message = await session.get(Message, event.payload.get("message_id"))
