@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
-from channels.base import MalformedPayload, SignatureError, WebhookRequest
+from channels.base import InboundEvent, MalformedPayload, SignatureError, WebhookRequest
 from gateway.errors import json_error
 from gateway.keys import DB, DIRECTORY, MEDIA, NOTIFIER, SETTINGS
-from gateway.pipeline import ingest
+from gateway.pipeline import IngestResult, ingest
 from inbox.media_fetch import store_inline_attachments
 from inbox.runtime import InboxRuntime
 from parley.db import Database
@@ -76,13 +76,9 @@ async def handle_webhook(request: web.Request) -> web.StreamResponse:
         logger.warning("inbox %s: malformed webhook: %s", inbox.id, e)
         return json_error(400, "malformed_payload", str(e))
 
-    events = await store_inline_attachments(request.app[MEDIA], inbox.tenant_id, events)
-    result = await ingest(request.app[DB], inbox, events)
+    events, result = await _store(request, inbox, events)
     for sibling in await request.app[DIRECTORY].siblings(inbox, inbox.channel.other_recipients(hook)):
         await _hand_to_sibling(request, sibling, hook)
-    if result.stored or result.statuses_applied:
-        request.app[NOTIFIER].notify()
-    INBOUND_MESSAGES.labels(channel=channel_name).inc(len(result.stored))
     WEBHOOKS.labels(channel=channel_name, outcome="duplicate" if result.duplicates else "accepted").inc()
     context = _Context(request.app[DB], inbox.tenant_id, tuple(result.stored))
     reply = await inbox.channel.respond(hook, events, context)
@@ -99,10 +95,19 @@ async def _hand_to_sibling(request: web.Request, sibling: InboxRuntime, hook: We
             "inbox %s: events for it arrived on another inbox's URL and were refused: %s", sibling.id, e
         )
         return
-    result = await ingest(request.app[DB], sibling, events)
+    await _store(request, sibling, events)
+
+
+async def _store(
+    request: web.Request, inbox: InboxRuntime, events: Sequence[InboundEvent]
+) -> tuple[Sequence[InboundEvent], IngestResult]:
+    """Store inline files and the events, wake the dispatcher if anything changed, count them."""
+    events = await store_inline_attachments(request.app[MEDIA], inbox.tenant_id, events)
+    result = await ingest(request.app[DB], inbox, events)
     if result.stored or result.statuses_applied:
         request.app[NOTIFIER].notify()
-    INBOUND_MESSAGES.labels(channel=sibling.channel_name).inc(len(result.stored))
+    INBOUND_MESSAGES.labels(channel=inbox.channel_name).inc(len(result.stored))
+    return events, result
 
 
 @dataclass(frozen=True, slots=True)
