@@ -24,6 +24,10 @@ class Settings:
     # Attachments customers and agents exchange; None means `<data_dir>/media`.
     media_dir: Path | None = None
     media_max_bytes: int = 25 * 1024 * 1024
+    # Parley's own mail (password resets, transcripts, mention notices): smtp[s]://user:pass@host:port.
+    # Unset: the message is written to the log instead, which is enough for a single-user trial.
+    smtp_url: str | None = None
+    mail_from: str = "Parley <parley@localhost>"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -44,6 +48,8 @@ class Settings:
             database_pool_size=int(env.get("PARLEY_DATABASE_POOL_SIZE", "20")),
             media_dir=Path(env["PARLEY_MEDIA_DIR"]).resolve() if env.get("PARLEY_MEDIA_DIR") else None,
             media_max_bytes=int(env.get("PARLEY_MEDIA_MAX_BYTES", str(25 * 1024 * 1024))),
+            smtp_url=env.get("PARLEY_SMTP_URL") or None,
+            mail_from=env.get("PARLEY_MAIL_FROM") or "Parley <parley@localhost>",
         )
 
     @property
