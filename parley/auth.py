@@ -90,8 +90,13 @@ async def authenticate_token(session: AsyncSession, token: str) -> Principal | N
         return None
     row = (
         await session.execute(
-            select(ApiToken.id, ApiToken.user_id, ApiToken.tenant_id, ApiToken.role).where(
-                ApiToken.token_hash == _token_digest(token), ApiToken.revoked_at.is_(None)
+            select(ApiToken.id, ApiToken.user_id, ApiToken.tenant_id, ApiToken.role)
+            .join(User, User.id == ApiToken.user_id)
+            .where(
+                ApiToken.token_hash == _token_digest(token),
+                ApiToken.revoked_at.is_(None),
+                # A deactivated user's tokens stop working with them.
+                User.active.is_(True),
             )
         )
     ).one_or_none()

@@ -32,6 +32,7 @@ from gateway.api.schemas import MAX_ID, ErrorBody, ErrorDetail, ErrorResponse
 from gateway.errors import ApiError, NotFound
 from gateway.keys import DB, DIRECTORY, NOTIFIER, SETTINGS
 from parley.auth import Principal, authenticate_token
+from parley.sessions import SESSION_COOKIE, csrf_matches, resume_session
 
 API_PREFIX = "/api/v1"
 
@@ -310,15 +311,30 @@ def _arguments(op: Operation, request: web.Request, raw_body: bytes) -> dict[str
 def _view(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def view(request: web.Request) -> web.StreamResponse:
         token = _bearer_token(request)
-        if token is None:
+        cookie = request.cookies.get(SESSION_COOKIE) if token is None else None
+        if token is None and not cookie:
             return _unauthorized("Send an API token: `Authorization: Bearer <token>`.")
         # Read before the transaction: a slow client must not hold a database lock while uploading.
         raw_body = await request.read() if op.body_model is not None else b""
         try:
             async with request.app[DB].transaction() as session:
-                principal = await authenticate_token(session, token)
-                if principal is None:
-                    return _unauthorized("The API token is unknown or was revoked.")
+                if token is not None:
+                    principal = await authenticate_token(session, token)
+                    if principal is None:
+                        return _unauthorized("The API token is unknown or was revoked.")
+                else:
+                    # The web UI's own scripts: the session cookie, plus its CSRF token to change anything.
+                    assert cookie is not None
+                    signed_in = await resume_session(session, cookie)
+                    if signed_in is None:
+                        return _unauthorized("The session ended; sign in again.")
+                    if request.method not in ("GET", "HEAD") and not csrf_matches(
+                        request.app[SETTINGS].secret_key,
+                        signed_in.token_hash,
+                        request.headers.get("X-CSRF-Token", ""),
+                    ):
+                        raise ApiError(403, "csrf", "Send the page's CSRF token in the X-CSRF-Token header.")
+                    principal = signed_in.principal
                 if op.permission is not None and not allows(principal.role, op.permission):
                     raise ApiError(
                         403, "forbidden", f"The {principal.role} role lacks the {op.permission} permission."

@@ -1,0 +1,51 @@
+"""The agents' web application: server-rendered pages (Jinja2, autoescaped) made live by a little JavaScript.
+
+Pages are full HTML documents; htmx (vendored under static/vendor, 0BSD) swaps fragments of them
+for navigation and actions, and a WebSocket tells open pages what changed. Every page works with
+the strict Content-Security-Policy of `gateway.ui.web`: no inline script, no inline style.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from gateway.ui.account_views import setup_account_routes
+from gateway.ui.auth_views import setup_auth_routes
+from gateway.ui.web import security_headers
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
+
+
+def _clock(moment: datetime | None) -> str:
+    """A short time for lists: HH:MM today, otherwise the date."""
+    if moment is None:
+        return ""
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+async def _home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/inbox")
+
+
+def setup_ui(app: web.Application) -> None:
+    """Register the UI's templates, static files, pages and headers on the gateway."""
+    env = aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["clock"] = _clock
+    app.middlewares.append(security_headers)
+    app.router.add_static("/ui/static", STATIC, name="ui_static", append_version=False)
+    app.router.add_get("/", _home)
+    setup_auth_routes(app)
+    setup_account_routes(app)
