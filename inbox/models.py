@@ -19,6 +19,19 @@ class ConversationStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+class ConversationPriority(StrEnum):
+    """How urgent a conversation is, as an agent set it; `PRIORITY_RANK` orders them."""
+
+    NONE = "none"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+PRIORITY_RANK = {priority: rank for rank, priority in enumerate(ConversationPriority)}
+
+
 class MessageStatus(StrEnum):
     """Where a message is on its way; outbound ones only move forward (see `STATUS_RANK`)."""
 
@@ -93,6 +106,15 @@ class Conversation(Base):
         ),
         Index("ix_conversations_tenant_id_status_id", "tenant_id", "status", "id"),
         Index("ix_conversations_tenant_id_assignee_id", "tenant_id", "assignee_id"),
+        # The agents' list: a status tab sorted by the last message.
+        Index("ix_conversations_tenant_id_status_last_message_at", "tenant_id", "status", "last_message_at"),
+        # The snooze sweep reads only what is snoozed with a time to wake.
+        Index(
+            "ix_conversations_snoozed_until",
+            "snoozed_until",
+            postgresql_where=text("status = 'snoozed' AND snoozed_until IS NOT NULL"),
+            sqlite_where=text("status = 'snoozed' AND snoozed_until IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -111,6 +133,59 @@ class Conversation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     resolved_at: Mapped[datetime | None]
+    priority: Mapped[str] = mapped_column(
+        String(10), default=ConversationPriority.NONE, server_default=ConversationPriority.NONE.value
+    )
+    # Status `snoozed` with no time: until the customer's next message.
+    snoozed_until: Mapped[datetime | None]
+    # When an agent last snoozed it. The inbound pipeline wakes a snoozed conversation in the same
+    # statement that stores the message; this mark outlives that, so the `message.received` handler
+    # can tell the wake-up happened and announce it (see `inbox.snooze`).
+    snoozed_at: Mapped[datetime | None]
+    # Set on the conversation merged away (it is resolved); its messages now live in this one.
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id", ondelete="SET NULL"))
+
+
+class Label(Base):
+    """A tag agents put on conversations (billing, bug, vip…); names are unique per tenant in any case."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("tenant_id", "name_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    # `name` case-folded: the uniqueness key (portable, unlike an index on an expression).
+    name_key: Mapped[str] = mapped_column(String(64))
+    color: Mapped[str] = mapped_column(String(7), default="#6b7280")
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ConversationLabel(Base):
+    __tablename__ = "conversation_labels"
+
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"), primary_key=True, index=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+
+
+class ConversationRead(Base):
+    """How far an agent has read a conversation: customer messages after the mark are unread for them."""
+
+    __tablename__ = "conversation_reads"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    # 0: nothing read (set by "mark unread" on a conversation's first customer message).
+    last_read_message_id: Mapped[int] = mapped_column(BigId, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class Message(Base):
