@@ -25,7 +25,9 @@ _SNOOZED_WITH_TIME = "status = 'snoozed' AND snoozed_until IS NOT NULL"
 
 def upgrade() -> None:
     with op.batch_alter_table("conversations", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("priority", sa.String(length=10), server_default="none", nullable=False))
+        batch_op.add_column(
+            sa.Column("priority", sa.String(length=10), server_default="none", nullable=False)
+        )
         batch_op.add_column(sa.Column("snoozed_until", parley.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("snoozed_at", parley.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("merged_into_id", _ID, nullable=True))
@@ -77,7 +79,10 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["label_id"], ["labels.id"], name=op.f("fk_conversation_labels_label_id_labels"), ondelete="CASCADE"
+            ["label_id"],
+            ["labels.id"],
+            name=op.f("fk_conversation_labels_label_id_labels"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
             ["tenant_id"],
@@ -129,7 +134,9 @@ def downgrade() -> None:
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.drop_index("ix_conversations_snoozed_until")
         batch_op.drop_index("ix_conversations_tenant_id_status_last_message_at")
-        batch_op.drop_constraint(batch_op.f("fk_conversations_merged_into_id_conversations"), type_="foreignkey")
+        batch_op.drop_constraint(
+            batch_op.f("fk_conversations_merged_into_id_conversations"), type_="foreignkey"
+        )
         batch_op.drop_column("merged_into_id")
         batch_op.drop_column("snoozed_at")
         batch_op.drop_column("snoozed_until")
