@@ -3,12 +3,14 @@
 // Customer text is only ever put into the page as text (textContent), never as HTML.
 (function () {
   "use strict";
-  const inbox = document.getElementById("inbox");
-  if (!inbox) return;
+  if (!document.getElementById("inbox")) return;
   const csrf = window.parley ? window.parley.csrf : "";
+  // htmx's history restore replaces the page's body: elements are looked up each time, never kept.
+  function byId(id) { return document.getElementById(id); }
+  function inboxEl() { return byId("inbox") || document.createElement("div"); }
 
   function openId() {
-    const id = inbox.dataset.openId;
+    const id = inboxEl().dataset.openId;
     return id ? Number(id) : null;
   }
 
@@ -61,8 +63,8 @@
   function threadOpened() {
     const wrap = document.querySelector("#thread .thread-wrap");
     const id = wrap ? Number(wrap.dataset.conversationId) : null;
-    inbox.dataset.openId = id ? String(id) : "";
-    inbox.classList.toggle("thread-open", Boolean(id));
+    inboxEl().dataset.openId = id ? String(id) : "";
+    inboxEl().classList.toggle("thread-open", Boolean(id));
     markActiveRow();
     if (!highlightHash()) scrollToEnd();
     if (id) {
@@ -146,14 +148,14 @@
   document.addEventListener("click", function (event) {
     const link = event.target.closest("[data-open-conversation]");
     if (link) {
-      inbox.dataset.openId = link.dataset.openConversation;
+      inboxEl().dataset.openId = link.dataset.openConversation;
       markActiveRow();
       return;
     }
     const back = event.target.closest("[data-back]");
     if (back && window.matchMedia("(max-width: 700px)").matches) {
       event.preventDefault();
-      inbox.classList.remove("thread-open");
+      inboxEl().classList.remove("thread-open");
       history.pushState({}, "", "/inbox" + window.location.search);
       return;
     }
@@ -200,8 +202,8 @@
 
   // --- search -------------------------------------------------------------------------------------
 
-  const searchBox = document.getElementById("inbox-search");
-  const results = document.getElementById("search-results");
+  function searchBoxEl() { return byId("inbox-search"); }
+  function resultsEl() { return byId("search-results") || document.createElement("div"); }
 
   function highlighted(text, ranges) {
     // Offsets are in code points: split the text the same way, then wrap matches in <mark> as text.
@@ -234,11 +236,15 @@
   }
 
   function closeResults() {
+    const results = resultsEl();
     results.hidden = true;
     results.textContent = "";
   }
 
   const runSearch = debounce(async function () {
+    const searchBox = searchBoxEl();
+    const results = resultsEl();
+    if (!searchBox) return;
     const q = searchBox.value.trim();
     if (q.length < 2) {
       closeResults();
@@ -292,9 +298,13 @@
     results.hidden = false;
   }, 250);
 
-  if (searchBox) {
-    searchBox.addEventListener("input", runSearch);
-    searchBox.addEventListener("keydown", function (event) {
+  document.addEventListener("input", function (event) {
+    if (event.target.id === "inbox-search") runSearch();
+  });
+  document.addEventListener("keydown", function (event) {
+    const searchBox = searchBoxEl();
+    const results = resultsEl();
+    if (event.target === searchBox) {
       if (event.key === "ArrowDown") {
         const first = results.querySelector("a");
         if (first) {
@@ -304,24 +314,22 @@
       } else if (event.key === "Escape") {
         closeResults();
       }
-    });
-    results.addEventListener("keydown", function (event) {
+    } else if (results.contains(event.target)) {
       const links = Array.from(results.querySelectorAll("a"));
       const i = links.indexOf(document.activeElement);
       if (event.key === "ArrowDown" && i < links.length - 1) { event.preventDefault(); links[i + 1].focus(); }
       if (event.key === "ArrowUp") { event.preventDefault(); (i > 0 ? links[i - 1] : searchBox).focus(); }
       if (event.key === "Escape") { closeResults(); searchBox.focus(); }
-    });
-    document.addEventListener("click", function (event) {
-      if (!event.target.closest(".search")) closeResults();
-    });
-  }
+    }
+  });
+  document.addEventListener("click", function (event) {
+    if (!event.target.closest(".search")) closeResults();
+  });
 
   // --- keyboard -----------------------------------------------------------------------------------
 
-  const shortcuts = document.getElementById("shortcuts");
-
   function showShortcuts(show) {
+    const shortcuts = byId("shortcuts");
     if (!shortcuts) return;
     shortcuts.hidden = !show;
     if (show) shortcuts.querySelector("button").focus();
@@ -345,6 +353,8 @@
 
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey || event.defaultPrevented) return;
+    const shortcuts = byId("shortcuts");
+    const searchBox = searchBoxEl();
     if (event.key === "Escape" && shortcuts && !shortcuts.hidden) {
       showShortcuts(false);
       return;
@@ -430,4 +440,9 @@
   // --- first load ---------------------------------------------------------------------------------
 
   if (openId()) threadOpened();
+  // Back/forward: htmx put the page of that URL back; mark what it shows.
+  document.body.addEventListener("htmx:historyRestore", function () {
+    if (openId()) threadOpened();
+    else markActiveRow();
+  });
 })();
