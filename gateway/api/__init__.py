@@ -17,6 +17,7 @@ from gateway.api import (
     inboxes,
     me,
     typing_indicator,
+    users,
 )
 from gateway.api.openapi import OPENAPI_PATH, build_openapi
 from gateway.api.routing import Operation, RouteTable, add_routes
@@ -31,6 +32,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     companies.routes,
     deals.routes,
     crm.routes,
+    users.routes,
 )
 
 

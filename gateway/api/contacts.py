@@ -352,11 +352,12 @@ async def get_contact(call: ApiRequest, *, contact_id: int) -> ContactDetail:
 
 @routes.patch("/contacts/{contact_id}", allow=Permission.WRITE_CONTACTS, errors=[409])
 async def update_contact(call: ApiRequest, *, contact_id: int, body: ContactUpdate) -> ContactOut:
-    """Change a contact's name, email, attributes, tags, company or lifecycle stage.
+    """Change a contact's name, email, phone, attributes, tags, company or lifecycle stage.
 
     Attributes are merged into the current ones (a key set to null is removed) and checked against
-    their definitions. A new email is added to the contact's identities; the old one is kept, since
-    past conversations refer to it. A stage set here is recorded in the lifecycle history.
+    their definitions. A new email or phone is added to the contact's identities; the old one is
+    kept, since past conversations refer to it. A phone is read like `POST /contacts`'s. A stage
+    set here is recorded in the lifecycle history.
     """
     contact = await get_contact_row(call, contact_id)
     changed: list[str] = []
@@ -372,6 +373,23 @@ async def update_contact(call: ApiRequest, *, contact_id: int, body: ContactUpda
             identity = await _claim_identity(call, contact, "email", body.email)
             if identity is not None:
                 events.append((IDENTITY_ADDED_TOPIC, {"contact_id": contact.id, "identity_id": identity.id}))
+    if "phone" in given:
+        phone = None
+        if body.phone is not None:
+            region = body.region or (await crm_settings(call.session, call.tenant_id)).default_region
+            try:
+                phone = normalise_phone(body.phone, region)
+            except ValueError as e:
+                raise field_errors({"body.phone": str(e)}) from None
+        if phone != contact.phone:
+            contact.phone = phone
+            changed.append("phone")
+            if phone is not None:
+                identity = await _claim_identity(call, contact, "phone", phone)
+                if identity is not None:
+                    events.append(
+                        (IDENTITY_ADDED_TOPIC, {"contact_id": contact.id, "identity_id": identity.id})
+                    )
     if body.attributes is not None:
         checked = await _checked_attributes(call, body.attributes, "body.attributes")
         attributes = merge_patch(contact.attributes, checked)

@@ -11,6 +11,7 @@ from parley.models import Role
 class Permission(StrEnum):
     READ_INBOXES = "inboxes:read"
     MANAGE_INBOXES = "inboxes:manage"
+    MANAGE_USERS = "users:manage"  # invite users, change their role, deactivate them
     READ_CONTACTS = "contacts:read"
     WRITE_CONTACTS = "contacts:write"
     READ_CONVERSATIONS = "conversations:read"
@@ -30,10 +31,12 @@ _READ_CRM = frozenset({Permission.READ_CONTACTS, Permission.READ_CONVERSATIONS})
 
 GRANTS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _EVERYTHING,
-    Role.SUPERVISOR: _EVERYTHING,
+    # Supervisors run the floor (teams, routing, inboxes) but do not hand out roles.
+    Role.SUPERVISOR: _EVERYTHING - {Permission.MANAGE_USERS},
     Role.AGENT: _EVERYTHING
     - {
         Permission.MANAGE_INBOXES,
+        Permission.MANAGE_USERS,
         Permission.MANAGE_ROUTING,
         Permission.OVERRIDE_ASSIGNMENT,
         Permission.MANAGE_CRM,

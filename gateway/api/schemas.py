@@ -260,6 +260,16 @@ class ContactCreate(RequestBody):
 class ContactUpdate(RequestBody):
     name: Name | None = None
     email: str | None = None
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)] | None = (
+        Field(
+            None,
+            description="International, or national in `region` (default: the tenant's CRM default region); "
+            "stored as E.164 and added to the contact's identities.",
+        )
+    )
+    region: Annotated[str, StringConstraints(pattern="^[A-Za-z]{2}$", to_upper=True)] | None = Field(
+        None, description="ISO 3166 country a national-format phone is from, e.g. `GB`."
+    )
     attributes: dict[str, Any] | None = Field(
         None, description="Merged into the current attributes; a key set to null is removed."
     )

@@ -867,6 +867,10 @@ CRM_ROUTES = {
     ("post", "/api/v1/crm/scoring-rules"),
     ("patch", "/api/v1/crm/scoring-rules/{rule_id}"),
     ("delete", "/api/v1/crm/scoring-rules/{rule_id}"),
+    ("get", "/api/v1/users"),
+    ("post", "/api/v1/users"),
+    ("get", "/api/v1/users/{user_id}"),
+    ("patch", "/api/v1/users/{user_id}"),
 }
 
 
