@@ -12,13 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.api import setup_api
 from gateway.errors import error_middleware, json_error
-from gateway.keys import DB, DIRECTORY, DISPATCHER, HUB, MEDIA, NOTIFIER, SECRET_BOX, SETTINGS
+from gateway.keys import DB, DIRECTORY, DISPATCHER, HUB, MAILER, MEDIA, NOTIFIER, SECRET_BOX, SETTINGS
 from gateway.media import setup_media
 from gateway.notify import CeleryNotifier
 from gateway.webchat import setup_webchat
 from gateway.webhooks import MAX_WEBHOOK_BYTES, setup_webhooks
 from gateway.wiring import build_runtime
 from parley.crypto import SecretBox
+from parley.mailer import Mailer
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
 from routing.assigner import Assigner
@@ -38,6 +39,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     app[DISPATCHER] = runtime.dispatcher
     app[HUB] = runtime.hub
     app[MEDIA] = runtime.media
+    app[MAILER] = Mailer(settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None

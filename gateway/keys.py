@@ -8,6 +8,7 @@ from gateway.notify import Notifier
 from inbox.runtime import InboxDirectory
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.mailer import Mailer
 from parley.media import MediaStore
 from parley.outbox import Dispatcher
 from parley.realtime import Hub
@@ -21,3 +22,4 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 NOTIFIER = web.AppKey("notifier", Notifier)
 MEDIA = web.AppKey("media", MediaStore)
 HUB = web.AppKey("hub", Hub)
+MAILER = web.AppKey("mailer", Mailer)
