@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.api import (
     assignment,
     companies,
+    composer,
     contacts,
     conversations,
     crm,
@@ -31,6 +32,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     companies.routes,
     deals.routes,
     crm.routes,
+    composer.routes,
 )
 
 
