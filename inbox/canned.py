@@ -122,6 +122,9 @@ _NODE_NAMES = {
 }
 
 
+_INTERNALS = "`{name}` is not a field a template may read (Python internals are off limits)"
+
+
 def _refuse(node: nodes.Node, message: str) -> NoReturn:
     raise TemplateProblem(message, getattr(node, "lineno", None))
 
@@ -144,7 +147,7 @@ def _check_node(node: nodes.Node) -> None:
         else:
             _refuse(node, "fields are named, not computed: write contact.first_name")
         if not isinstance(name, str) or name.startswith("_"):
-            _refuse(node, f"`{name}` is not a field a template may read (Python internals are off limits)")
+            _refuse(node, _INTERNALS.format(name=name))
         parent = node.node
         if not isinstance(parent, nodes.Name):
             _refuse(node, f"`{name}`: only the fields of contact, agent and conversation can be read")
@@ -167,6 +170,12 @@ def _compiled(content: str) -> Any:
         raise TemplateProblem(f"the content is longer than {MAX_CONTENT_LENGTH} characters")
     try:
         tree = _ENV.parse(content)
+        # Reaching for Python's internals is named as such, wherever in the expression it is.
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            name = node.attr if isinstance(node, nodes.Getattr) else getattr(node, "arg", None)
+            name = getattr(name, "value", name)
+            if isinstance(name, str) and name.startswith("_"):
+                _refuse(node, _INTERNALS.format(name=name))
         _check_node(tree)
         return _ENV.from_string(tree)
     except TemplateSyntaxError as e:  # and TemplateAssertionError: an unknown filter or test

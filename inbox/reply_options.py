@@ -37,6 +37,22 @@ class ReplyOptions:
     templates: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _templates(configured: Any, default_language: str | None) -> list[dict[str, Any]]:
+    """The inbox's templates as the composer lists them (settings written before they were checked too)."""
+    if not isinstance(configured, list):
+        return []
+    return [
+        {
+            "name": t["name"],
+            "language": t.get("language", default_language),
+            "variables": [str(v) for v in t.get("variables") or ()],
+            "body": str(t.get("body") or ""),
+        }
+        for t in configured
+        if isinstance(t, dict) and isinstance(t.get("name"), str)
+    ]
+
+
 async def reply_options(
     session: AsyncSession, *, tenant_id: int, conversation_id: int, now: datetime | None = None
 ) -> ReplyOptions:
@@ -44,7 +60,9 @@ async def reply_options(
     conversation, inbox = await conversation_with_inbox(session, tenant_id, conversation_id)
     channel = channel_class(inbox.channel)
     capabilities = channel.capabilities
-    templates = list(inbox.settings.get("templates") or []) if capabilities.templates else []
+    templates = _templates(inbox.settings.get("templates"), channel.default_template_language)
+    if not capabilities.templates:
+        templates = []
     if not capabilities.replies:
         return ReplyOptions(
             channel=inbox.channel,
