@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.ui.account_views import setup_account_routes
 from gateway.ui.auth_views import setup_auth_routes
+from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.web import security_headers
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -49,3 +50,4 @@ def setup_ui(app: web.Application) -> None:
     app.router.add_get("/", _home)
     setup_auth_routes(app)
     setup_account_routes(app)
+    setup_composer_routes(app)
