@@ -94,6 +94,9 @@ class ComposerState:
     window_closes_at: datetime | None
     window_closes_local: datetime | None
     window_seconds_left: int | None
+    # Outside the window: when the customer last wrote (agent's time zone) and how long it lasts.
+    last_inbound_local: datetime | None = None
+    window_hours: int = 0
     templates: list[TemplateChoice] = field(default_factory=list)
     media: bool = False
     max_upload_bytes: int = 0
@@ -140,6 +143,10 @@ async def composer_state(ui: Ui, conversation_id: int) -> ComposerState:
         window_closes_at=closes_at,
         window_closes_local=ui.local(closes_at),
         window_seconds_left=seconds_left,
+        last_inbound_local=ui.local(conversation.last_inbound_at),
+        window_hours=0
+        if capabilities.reply_window is None
+        else int(capabilities.reply_window.total_seconds() // 3600),
         templates=templates,
         media=capabilities.media,
         max_upload_bytes=ui.request.app[MEDIA].max_bytes,

@@ -5,6 +5,7 @@ contact, files are uploaded and sent, and WhatsApp outside its window sends a te
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -13,11 +14,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from playwright.async_api import Page, expect
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from inbox.models import Message, Notification
+from inbox.models import Conversation, Message, Notification
 from parley.auth import hash_password
-from parley.db import Database
+from parley.db import Database, utcnow
 from parley.models import OutboxEvent, Role, User
 from tests.conftest import eventually
 from tests.fakes.twilio_api import FakeTwilioApi
@@ -269,3 +270,44 @@ async def test_inside_the_window_a_countdown_and_the_phone_layout(desk: Desk) ->
     width = await box.evaluate("el => el.getBoundingClientRect().width")
     assert 300 < width <= 390
     await screenshot(page, "composer-phone")
+
+
+async def test_the_customer_writing_again_reopens_the_window_without_losing_the_draft(desk: Desk) -> None:
+    whatsapp = await make_inbox(
+        desk.db,
+        desk.ada.tenant_id,
+        "twilio_whatsapp",
+        desk.fake,
+        phone_number="+14155238886",
+        templates=WHATSAPP_TEMPLATES,
+    )
+    conversation = await make_conversation(
+        desk.db, desk.ada.tenant_id, whatsapp, last_inbound_ago=timedelta(hours=30)
+    )
+    page = await desk.open_composer(conversation)
+    await expect(page.locator("#composer-template-form")).to_be_visible()
+    await page.get_by_role("tab", name="Private note").click()
+    await page.get_by_label("Private note", exact=True).fill("Customer asked about A-1001")
+
+    async with desk.db.transaction() as session:
+        await session.execute(
+            update(Conversation).where(Conversation.id == conversation).values(last_inbound_at=utcnow())
+        )
+    # What live.js dispatches when the customer's message arrives.
+    await page.evaluate(
+        """(id) => document.dispatchEvent(new CustomEvent("parley:event",
+            {detail: {topic: "message.received", payload: {conversation_id: id}, id: 7}}))""",
+        conversation,
+    )
+    await expect(page.locator("#composer")).to_have_attribute("data-template-mode", "false")
+    await expect(page.locator("#composer-template-form")).to_have_count(0)
+    await expect(page.get_by_label("Private note", exact=True)).to_have_value("Customer asked about A-1001")
+    await page.get_by_role("tab", name="Reply").click()
+    countdown = re.compile(r"Window closes in (23 h 59|24 h 0) min")
+    await expect(page.locator("#composer-window")).to_contain_text(countdown)
+    box = page.get_by_label("Reply", exact=True)
+    await expect(box).to_be_enabled()
+    await box.fill("Thanks for writing back!")
+    await box.press("Control+Enter")
+    await eventually(lambda: len(desk.fake.requests) == 1)
+    assert desk.fake.requests[0]["Body"] == ["Thanks for writing back!"]

@@ -317,7 +317,7 @@
     if (!clock || isNaN(closesAt)) { return; }
     const tick = function () {
       if (!self.root.isConnected) { window.clearInterval(timer); return; }
-      const left = Math.round((closesAt - Date.now()) / 1000);
+      const left = Math.floor((closesAt - Date.now()) / 1000);
       clock.textContent = formatLeft(left);
       if (left <= 0) { window.clearInterval(timer); self.refresh(); }
     };
