@@ -5,8 +5,9 @@ Every provider module implements `Channel`; raw provider payloads never leave `c
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar, Literal, Protocol, Self
@@ -323,6 +324,8 @@ class Channel(ABC):
     # Inbound attachment URLs only the inbox's credentials can read, or that the provider deletes
     # after a while: the gateway copies them into the media store (`fetch_attachment`).
     fetches_media: ClassVar[bool] = False
+    # The language of a configured template that names none (WhatsApp Cloud: en_US).
+    default_template_language: ClassVar[str | None] = None
 
     @classmethod
     @abstractmethod
@@ -390,3 +393,71 @@ class Channel(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most adapters hold nothing
         """Release connections held by the adapter."""
+
+    @classmethod
+    def template_name_problem(cls, name: str) -> str | None:
+        """Why `name` cannot name one of this channel's templates, or None if it can."""
+        return None
+
+    @classmethod
+    def validate_templates(cls, value: Any) -> list[dict[str, Any]]:
+        """Check an inbox's `templates` setting: the approved templates agents are offered.
+
+        Each is `{name, language, variables: [placeholder names], body: preview}`; the list is
+        what the composer shows when the reply window is closed. `ConfigurationError` if unusable.
+        """
+        if not cls.capabilities.templates:
+            raise ConfigurationError(f"templates: {cls.name} has no message templates")
+        return parse_templates(
+            value, cls.template_name_problem, default_language=cls.default_template_language
+        )
+
+
+MAX_TEMPLATES = 200
+_LANGUAGE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*")
+
+
+def parse_templates(
+    value: Any, name_problem: Callable[[str], str | None], *, default_language: str | None
+) -> list[dict[str, Any]]:
+    """An inbox's `templates` setting, checked leaf by leaf (see `Channel.validate_templates`)."""
+    if not isinstance(value, list):
+        raise ConfigurationError("templates must be a list of {name, language, variables, body}")
+    if len(value) > MAX_TEMPLATES:
+        raise ConfigurationError(f"templates: at most {MAX_TEMPLATES}")
+    cleaned: list[dict[str, Any]] = []
+    seen: set[tuple[str, str | None]] = set()
+    for i, item in enumerate(value):
+        where = f"templates.{i}"
+        if not isinstance(item, Mapping):
+            raise ConfigurationError(f"{where} must be an object")
+        unknown = set(item) - {"name", "language", "variables", "body"}
+        if unknown:
+            raise ConfigurationError(f"{where}: unknown keys {sorted(unknown)}")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 512:
+            raise ConfigurationError(f"{where}.name is required (a string of at most 512 characters)")
+        name = name.strip()
+        problem = name_problem(name)
+        if problem:
+            raise ConfigurationError(f"{where}.name: {problem}")
+        language = item.get("language", default_language)
+        if language is not None and (not isinstance(language, str) or not _LANGUAGE.fullmatch(language)):
+            raise ConfigurationError(f"{where}.language must be a language code such as en_US")
+        variables = item.get("variables", [])
+        if not isinstance(variables, list) or not all(
+            isinstance(v, str) and 0 < len(v) <= 20 for v in variables
+        ):
+            raise ConfigurationError(
+                f"{where}.variables must be a list of placeholder names, e.g. ['1', '2']"
+            )
+        if len(set(variables)) != len(variables) or len(variables) > 50:
+            raise ConfigurationError(f"{where}.variables must be at most 50 distinct names")
+        body = item.get("body", "")
+        if not isinstance(body, str) or len(body) > 1024:
+            raise ConfigurationError(f"{where}.body must be the template's text, at most 1024 characters")
+        if (name, language) in seen:
+            raise ConfigurationError(f"{where}: template {name!r} ({language}) is listed twice")
+        seen.add((name, language))
+        cleaned.append({"name": name, "language": language, "variables": list(variables), "body": body})
+    return cleaned

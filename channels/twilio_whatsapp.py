@@ -95,6 +95,13 @@ class TwilioWhatsApp(TwilioSms):
             settings = {**settings, "phone_number": _without_prefix(phone_number)}
         return super().validate_config(settings, secrets)
 
+    @classmethod
+    def template_name_problem(cls, name: str) -> str | None:
+        """Twilio names a template by its Content SID."""
+        if not _CONTENT_SID.fullmatch(name):
+            return "a Twilio template is named by its Content SID: HX and 32 hex digits"
+        return None
+
     def _parsers(self) -> Mapping[str, Parser]:
         return _PARSERS
 

@@ -74,6 +74,7 @@ DEFAULT_API_BASE_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v26.0"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_TEMPLATE_LANGUAGE = "en_US"
+_TEMPLATE_NAME = re.compile(r"[a-z0-9_]{1,512}")
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 # Audio and video top out at 16 MB on WhatsApp; Parley keeps every download under that.
 MAX_MEDIA_BYTES = 16 * 1024 * 1024
@@ -212,6 +213,15 @@ class WhatsAppCloud(Channel):
                 raise ConfigurationError(f"{key} is required ({what})")
             cleaned_secrets[key] = value.strip()
         return cleaned, cleaned_secrets
+
+    default_template_language = DEFAULT_TEMPLATE_LANGUAGE
+
+    @classmethod
+    def template_name_problem(cls, name: str) -> str | None:
+        """Meta's template names are lower-case letters, digits and underscores."""
+        if not _TEMPLATE_NAME.fullmatch(name):
+            return "a WhatsApp template name is lower-case letters, digits and underscores"
+        return None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], secrets: Mapping[str, str]) -> Self:

@@ -385,6 +385,7 @@ _LAST_OFFER = (
     .where(
         _messages.c.conversation_id == bindparam("conversation_id"),
         _messages.c.direction == "outbound",
+        _messages.c.private.is_(False),  # a note in between does not withdraw the options offered
     )
     .order_by(_messages.c.id.desc())
     .limit(1)

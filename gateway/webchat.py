@@ -179,6 +179,7 @@ async def history(db: Database, visitor: Visitor, since: int) -> list[dict[str, 
                     Message.conversation_id == conversation.id,
                     Message.id > since,
                     Message.status != MessageStatus.FAILED,
+                    Message.private.is_(False),  # agents' notes are never the visitor's to see
                 )
                 .order_by(Message.id.desc())
                 .limit(HISTORY_LIMIT)

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from parley.db import Base, BigId, utcnow
@@ -64,6 +64,7 @@ CONTENT_KEYS = (
     "call",
     "recording",
     "voicemail",
+    "mentions",
 )
 
 
@@ -215,8 +216,51 @@ class Message(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # An agents' note (migration 0008): never sent, never shown to the customer. A server default,
+    # because the pipeline inserts messages in raw SQL.
+    private: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     @property
     def content_attributes(self) -> dict[str, Any]:
         """The typed content kept in `extra` (the rest of `extra` is the provider's leftovers)."""
         return {key: self.extra[key] for key in CONTENT_KEYS if key in self.extra}
+
+
+class NotificationKind(StrEnum):
+    MENTION = "mention"
+
+
+class Notification(Base):
+    """Something a user should look at: for now, being @mentioned in a note."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        # "Mine, unread first, newest first": the bell's one query.
+        Index("ix_notifications_user_id_read_at_id", "user_id", "read_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    read_at: Mapped[datetime | None]
+
+
+class CannedResponse(Base):
+    """A saved reply agents insert with `/short_code`; its content is a sandboxed Jinja2 template."""
+
+    __tablename__ = "canned_responses"
+    __table_args__ = (UniqueConstraint("tenant_id", "short_code"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    short_code: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200))
+    content: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

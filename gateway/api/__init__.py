@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.api import (
     assignment,
     companies,
+    composer,
     contacts,
     conversations,
     crm,
@@ -33,6 +34,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     deals.routes,
     crm.routes,
     users.routes,
+    composer.routes,
 )
 
 

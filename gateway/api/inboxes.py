@@ -27,8 +27,17 @@ routes = RouteTable("inboxes")
 def _validated(
     channel: str, settings: Mapping[str, Any], secrets: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
+    cls = channel_class(channel)
+    # `templates` (the approved templates agents are offered) is checked apart from the
+    # channel's own settings, which the adapter is built from.
+    templates = settings.get("templates")
     try:
-        return channel_class(channel).validate_config(settings, secrets)
+        cleaned, cleaned_secrets = cls.validate_config(
+            {k: v for k, v in settings.items() if k != "templates"}, secrets
+        )
+        if templates is not None:
+            cleaned["templates"] = cls.validate_templates(templates)
+        return cleaned, cleaned_secrets
     except ConfigurationError as e:
         raise ApiError(422, "invalid_channel_config", f"Invalid {channel} configuration: {e}") from None
 

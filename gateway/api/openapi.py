@@ -29,6 +29,7 @@ _ERRORS = {
     404: ("NotFound", "No such object in this tenant (`not_found`)."),
     409: ("Conflict", "The change conflicts with the current state (`conflict`)."),
     422: ("UnprocessableEntity", "The request is well-formed but invalid (`validation_error` and others)."),
+    502: ("BadGateway", "A server Parley relies on refused the request (`mail_not_sent`)."),
     503: (
         "ServiceUnavailable",
         "The database could not complete the request; retry (`database_unavailable`).",

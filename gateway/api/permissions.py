@@ -24,6 +24,7 @@ class Permission(StrEnum):
     WRITE_DEALS = "deals:write"
     MANAGE_CRM = "crm:manage"  # custom attribute definitions, pipelines, CRM settings
     MANAGE_SCORING = "scoring:manage"
+    MANAGE_CANNED_RESPONSES = "canned_responses:manage"
 
 
 _EVERYTHING = frozenset(Permission)
@@ -41,6 +42,7 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.OVERRIDE_ASSIGNMENT,
         Permission.MANAGE_CRM,
         Permission.MANAGE_SCORING,
+        Permission.MANAGE_CANNED_RESPONSES,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
     Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},

@@ -413,13 +413,17 @@ class MessageOut(ResponseBody):
     status: MessageStatus
     content_attributes: dict[str, Any] = Field(
         description="Typed content beyond text: `location`, `shared_contacts`, `button_reply` (inbound); "
-        "`buttons`, `template` (outbound); `call`, `recording`, `voicemail` (phone calls)."
+        "`buttons`, `template` (outbound); `call`, `recording`, `voicemail` (phone calls); "
+        "`mentions` (notes)."
     )
     provider_message_id: str | None = Field(
         description="The provider's id (Twilio's SM… sid) once sent or received."
     )
     error_code: str | None
     error_message: str | None
+    private: bool = Field(
+        False, description="An agents' note: never sent to the customer (see `/conversations/{id}/notes`)."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.ui.account_views import setup_account_routes
 from gateway.ui.auth_views import setup_auth_routes
+from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.inbox_views import setup_inbox_routes
 from gateway.ui.web import security_headers
@@ -53,3 +54,4 @@ def setup_ui(app: web.Application) -> None:
     setup_account_routes(app)
     setup_contact_routes(app)
     setup_inbox_routes(app)
+    setup_composer_routes(app)

@@ -23,7 +23,7 @@ async def test_migrations_match_the_models(db: Database) -> None:
 async def test_upgrade_is_idempotent_and_records_the_head(db: Database) -> None:
     await upgrade(db.engine)  # a second run (serve migrates at every start) changes nothing
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None and head.isdigit()
+    assert head is not None and head[:4].isdigit()
     assert await current_revision(db.engine) == head
 
     def tables(connection: Connection) -> set[str]:
