@@ -14,7 +14,6 @@ import re
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,6 +25,8 @@ from sqlalchemy import select
 
 from crm_core.models import Contact
 from gateway.api.permissions import Permission
+from gateway.ui.composer_views import composer_context
+from gateway.ui.contact_views import contact_panel_context
 from gateway.ui.web import Ui, page
 from inbox import actions as conversation_actions
 from inbox.listing import (
@@ -48,7 +49,6 @@ from routing.filters import team_conversations
 from routing.models import ConversationRouting, Team
 from routing.presence import ANSWERING_ROLES
 
-STATIC = Path(__file__).parent / "static"
 # The inbox is where conversations are answered: roles that only read them (marketers, bot
 # designers) use the contact timeline and the API instead.
 INBOX_PERMISSION = Permission.SEND_MESSAGES
@@ -402,7 +402,12 @@ async def _thread_context(
         .all()
     )
     agents = [u for u in users.values() if u.active and u.role in ANSWERING_ROLES]
+    composer = await composer_context(ui, conversation)
     return {
+        **composer,
+        "contact_panel": _fragment(
+            ui, "inbox/_contact_panel.html", await contact_panel_context(ui, conversation.contact_id)
+        ),
         "conversation": conversation,
         "contact": contact,
         "contact_name": contact_name,
@@ -424,6 +429,13 @@ async def _thread_context(
         "may_send": ui.may(Permission.SEND_MESSAGES),
         "may_manage_labels": ui.may(Permission.MANAGE_ROUTING),
     }
+
+
+def _fragment(ui: Ui, template: str, context: dict[str, Any]) -> Markup:
+    """Another engineer's partial rendered with its own context (its keys cannot clash with the thread's)."""
+    merged = {"ui": ui, "user": ui.user, "csrf_token": ui.csrf_token, "Permission": Permission, **context}
+    html = aiohttp_jinja2.get_env(ui.request.app).get_template(template).render(merged)
+    return Markup(html)  # noqa: S704 (an autoescaped template's output)
 
 
 async def _conversation(ui: Ui, conversation_id: int) -> Conversation | None:
@@ -448,8 +460,6 @@ _THREAD_PARTS = {
     "messages": "inbox/_messages.html",
     "thread-head": "inbox/_actions.html",
 }
-_OPTIONAL_SCRIPTS = ("live.js", "composer.js", "contact.js")
-_OPTIONAL_STYLES = ("composer.css", "contact.css")
 
 
 def _helpers() -> dict[str, Any]:
@@ -481,9 +491,6 @@ async def inbox_page(ui: Ui) -> web.StreamResponse:
     if conversation is not None:
         context.update(await _thread_context(ui, conversation))
     context["thread_open"] = conversation is not None
-    # The other UI engineers' files join the page when they exist (live updates, composer, contact).
-    context["extra_scripts"] = [name for name in _OPTIONAL_SCRIPTS if (STATIC / name).exists()]
-    context["extra_styles"] = [name for name in _OPTIONAL_STYLES if (STATIC / name).exists()]
     return ui.render("inbox/page.html", context)
 
 

@@ -431,10 +431,19 @@
     }
   });
 
-  document.addEventListener("parley:reconnected", function () {
+  function refreshAll() {
     refreshList();
     refreshMessages();
     refreshHead();
+  }
+  document.addEventListener("parley:reconnected", refreshAll);
+  document.addEventListener("parley:resync", refreshAll);
+
+  // The composer (composer.js) sent a reply or a note: show it now, before its event comes round.
+  document.addEventListener("parley:composer-sent", function (event) {
+    const detail = event.detail || {};
+    if (Number(detail.conversation_id) === openId()) refreshMessages();
+    refreshList();
   });
 
   // --- first load ---------------------------------------------------------------------------------
