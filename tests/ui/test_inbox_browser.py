@@ -16,10 +16,11 @@ from aiohttp import web
 from playwright.async_api import expect
 from sqlalchemy import select
 
-from inbox.models import Conversation, ConversationRead, ConversationStatus
+from inbox.models import Conversation, ConversationRead, ConversationStatus, Message
 from parley.db import Database
 from parley.media import MediaStore
 from parley.models import Role
+from parley.outbox import emit
 from tests.conftest import eventually
 from tests.fakes.server import serve_on_loopback
 from tests.ui.conftest import Browsing, ParleyServer, make_agent, screenshot
@@ -316,3 +317,98 @@ async def test_at_phone_width_one_pane_shows_at_a_time(
     await page.get_by_role("link", name="Back to the list").click()
     await expect(page.locator(".list-pane")).to_be_visible()
     await expect(page.locator("#thread")).to_be_hidden()
+
+
+async def test_the_page_follows_live_events_without_reloading(
+    db: Database, parley_server: ParleyServer, browsing: Browsing
+) -> None:
+    agent = await make_agent(db, "acme", name="Ada Agent")
+    inbox = await make_inbox(db, agent.tenant_id, channel="twilio_sms", name="SMS line")
+    open_one = await make_conversation(
+        db,
+        agent.tenant_id,
+        inbox,
+        await make_contact(db, agent.tenant_id, name="Nia Open"),
+        assignee_id=agent.user_id,
+    )
+    await add_message(db, open_one, "first question", ago=5)
+    reply = await add_message(
+        db, open_one, "an answer", inbound=False, sender_id=agent.user_id, status="sent", ago=4
+    )
+    other = await make_conversation(
+        db,
+        agent.tenant_id,
+        inbox,
+        await make_contact(db, agent.tenant_id, name="Max Other"),
+        assignee_id=agent.user_id,
+    )
+    await add_message(db, other, "hello", ago=10)
+    page = await browsing.signed_in(parley_server, agent, path=f"/inbox/c/{open_one}")
+    thread = page.locator("#thread")
+    await expect(thread.locator(".msg")).to_have_count(2)
+    await expect(thread.locator(f"#m{reply} .tick-sent")).to_have_count(1)
+    other_row = page.locator(f'#rows .row[data-conversation-id="{other}"]')
+    await expect(other_row.locator(".badge")).to_have_text("1")
+
+    # The customer writes in the open conversation: it appears, and the agent has read it.
+    arrived = await add_message(db, open_one, "are you still there?")
+    await announce(db, agent.tenant_id, "message.received", open_one, arrived)
+    await expect(thread.locator(f"#m{arrived}")).to_contain_text("are you still there?")
+    await eventually(lambda: read_mark_is(db, open_one, arrived))
+
+    # Another conversation gets a message: its row moves up with the preview and an unread count.
+    elsewhere = await add_message(db, other, "one more thing")
+    await announce(db, agent.tenant_id, "message.received", other, elsewhere)
+    await expect(other_row.locator(".preview")).to_have_text("one more thing")
+    await expect(other_row.locator(".badge")).to_have_text("2")
+    await expect(page.locator("#rows .row").first).to_have_attribute("data-conversation-id", str(other))
+
+    # The provider says the reply was delivered: the tick changes.
+    async with db.transaction() as session:
+        (await session.get_one(Message, reply)).status = "delivered"
+    await announce(db, agent.tenant_id, "message.updated", open_one, reply, status="delivered")
+    await expect(thread.locator(f"#m{reply} .tick-delivered")).to_have_count(1)
+
+    # A supervisor resolves it elsewhere: the header follows.
+    async with db.transaction() as session:
+        (await session.get_one(Conversation, open_one)).status = ConversationStatus.RESOLVED
+        await emit(
+            session,
+            agent.tenant_id,
+            (
+                "conversation.updated",
+                {
+                    "conversation_id": open_one,
+                    "inbox_id": inbox,
+                    "contact_id": 0,
+                    "changes": {"status": {"old": "open", "new": "resolved"}},
+                },
+            ),
+        )
+    await expect(page.locator("#thread-head .status")).to_contain_text("resolved")
+    await expect(page.get_by_role("button", name="Reopen")).to_be_visible()
+
+    # Typing indicators from the live socket (an ephemeral event) show under the thread.
+    await page.evaluate(
+        """id => document.dispatchEvent(new CustomEvent("parley:event", {detail: {
+        topic: "conversation.typing", id: null,
+        payload: {conversation_id: id, typing: true, by: {type: "contact", id: 1}}}}))""",
+        open_one,
+    )
+    await expect(page.locator("#typing")).to_have_text("The customer is typing…")
+
+
+async def announce(
+    db: Database, tenant_id: int, topic: str, conversation_id: int, message_id: int, **extra: object
+) -> None:
+    """The outbox event the pipeline would write; `parley serve` passes it on to the live sockets."""
+    async with db.transaction() as session:
+        await emit(
+            session,
+            tenant_id,
+            (topic, {"conversation_id": conversation_id, "message_id": message_id, **extra}),
+        )
+
+
+async def read_mark_is(db: Database, conversation_id: int, message_id: int) -> bool:
+    return await read_mark(db, conversation_id) == message_id
