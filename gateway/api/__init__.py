@@ -11,6 +11,7 @@ from gateway.api import (
     assignment,
     companies,
     contacts,
+    conversation_actions,
     conversations,
     crm,
     deals,
@@ -25,6 +26,8 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     me.routes,
     inboxes.routes,
     contacts.routes,
+    # Before `conversations`: /conversations/counts must be tried before /conversations/{conversation_id}.
+    conversation_actions.routes,
     conversations.routes,
     typing_indicator.routes,
     assignment.routes,

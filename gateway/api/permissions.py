@@ -23,6 +23,7 @@ class Permission(StrEnum):
     WRITE_DEALS = "deals:write"
     MANAGE_CRM = "crm:manage"  # custom attribute definitions, pipelines, CRM settings
     MANAGE_SCORING = "scoring:manage"
+    MANAGE_LABELS = "labels:manage"  # create, rename, delete; anyone who reads conversations reads them
 
 
 _EVERYTHING = frozenset(Permission)
@@ -38,6 +39,7 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.OVERRIDE_ASSIGNMENT,
         Permission.MANAGE_CRM,
         Permission.MANAGE_SCORING,
+        Permission.MANAGE_LABELS,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
     Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},
