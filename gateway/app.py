@@ -20,6 +20,7 @@ from gateway.ui import setup_ui
 from gateway.webchat import setup_webchat
 from gateway.webhooks import MAX_WEBHOOK_BYTES, setup_webhooks
 from gateway.wiring import build_runtime
+from inbox.snooze import SnoozeWaker
 from parley.crypto import SecretBox
 from parley.mailer import Mailer
 from parley.metrics import HTTP_LATENCY
@@ -46,21 +47,25 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None
         sweeps: asyncio.Task[None] | None = None
+        snoozes: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
             task = asyncio.create_task(runtime.dispatcher.run_forever())
             # Overflow waits and working hours end without an event; a sweep serves the queues.
             sweeps = asyncio.create_task(Assigner(runtime.db).run_sweeps())
+            # Snoozes with a time end without an event too.
+            snoozes = asyncio.create_task(SnoozeWaker(runtime.db).run_sweeps())
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
             app[NOTIFIER] = celery
             await celery.start()
         yield
-        if sweeps is not None:
-            sweeps.cancel()
-            await asyncio.gather(sweeps, return_exceptions=True)
+        for sweep in (sweeps, snoozes):
+            if sweep is not None:
+                sweep.cancel()
+                await asyncio.gather(sweep, return_exceptions=True)
         if task is not None:
             # Let handlers in flight commit: one cut off mid-transaction can leave a task waiting on
             # a connection that is closed next (aiosqlite), and the event loop never shuts down.

@@ -11,6 +11,7 @@ from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
+from inbox.snooze import SnoozeWaker, wake_due_snoozes
 from parley.crypto import SecretBox
 from parley.db import Database
 from parley.media import MediaStore
@@ -46,6 +47,8 @@ def build_subscribers(
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
         **routing_subscribers(Assigner(db)),
     }
+    # The customer writing wakes a snoozed conversation; this announces it.
+    subscribers.setdefault("message.received", []).append(SnoozeWaker(db).on_message_received)
     for topic, handlers in crm_subscribers(db).items():
         subscribers.setdefault(topic, []).extend(handlers)
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
@@ -65,6 +68,11 @@ def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
         "agent.presence_changed": [assigner.on_presence_changed],
         PROFILE_CHANGED_TOPIC: [assigner.on_profile_changed],
     }
+
+
+async def wake_snoozed(runtime: Runtime) -> int:
+    """Reopen the conversations whose snooze time has come (the Celery beat task's body)."""
+    return await wake_due_snoozes(runtime.db)
 
 
 def build_media_store(settings: Settings) -> MediaStore:

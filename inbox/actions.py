@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -144,6 +144,7 @@ async def apply_status(
     if status == ConversationStatus.SNOOZED and snoozed_until is not None:
         if snoozed_until.tzinfo is None:
             raise ActionError("invalid_snooze", "snoozed_until: give a time zone (e.g. `Z` for UTC).")
+        snoozed_until = snoozed_until.astimezone(UTC)
         if snoozed_until <= now:
             raise ActionError(
                 "invalid_snooze", f"snoozed_until: must be in the future (it is {now.isoformat()} now)."

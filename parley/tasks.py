@@ -14,6 +14,7 @@ from celery import Celery
 
 DISPATCH_TASK = "parley.dispatch"
 PURGE_TASK = "parley.purge_outbox"
+SNOOZE_TASK = "parley.wake_snoozed"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -34,11 +35,14 @@ def celery_app(broker_url: str) -> Celery:
         beat_schedule={
             "outbox-sweep": {"task": DISPATCH_TASK, "schedule": 1.0},
             "outbox-purge": {"task": PURGE_TASK, "schedule": 3600.0},
+            # Snoozed conversations whose time has come reopen (no event marks that moment).
+            "snooze-sweep": {"task": SNOOZE_TASK, "schedule": 15.0},
         },
         timezone="UTC",
     )
     app.task(name=DISPATCH_TASK)(dispatch)
     app.task(name=PURGE_TASK)(purge_outbox)
+    app.task(name=SNOOZE_TASK)(wake_snoozed)
     _apps[broker_url] = app
     return app
 
@@ -54,6 +58,15 @@ def purge_outbox() -> int:
     """Delete outbox events completed more than a week ago."""
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(runtime["dispatcher"].purge())
+    return result
+
+
+def wake_snoozed() -> int:
+    """Reopen the snoozed conversations whose time has come; return how many."""
+    from gateway.wiring import wake_snoozed as wake
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(wake(runtime["runtime"]))
     return result
 
 

@@ -12,6 +12,7 @@ from gateway.api import (
     companies,
     composer,
     contacts,
+    conversation_actions,
     conversations,
     crm,
     deals,
@@ -27,6 +28,8 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     me.routes,
     inboxes.routes,
     contacts.routes,
+    # Before `conversations`: /conversations/counts must be tried before /conversations/{conversation_id}.
+    conversation_actions.routes,
     conversations.routes,
     typing_indicator.routes,
     assignment.routes,

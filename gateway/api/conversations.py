@@ -10,6 +10,7 @@ from channels.base import Attachment, Button, Capabilities, Template
 from channels.registry import channel_class
 from crm_core.consent import has_opted_out
 from crm_core.models import Contact
+from gateway.api.conversation_actions import action_errors, conversation_out, filters_from
 from gateway.api.pagination import fetch_page
 from gateway.api.permissions import Permission
 from gateway.api.routing import ApiRequest, RouteTable
@@ -17,15 +18,19 @@ from gateway.api.schemas import (
     ContactSummary,
     ConversationDetail,
     ConversationList,
+    ConversationListItem,
     ConversationOut,
     ConversationQuery,
     ConversationUpdate,
+    LabelSummary,
     MessageCreate,
     MessageList,
     MessageOut,
     MessageQuery,
 )
 from gateway.errors import ApiError, NotFound
+from inbox import listing
+from inbox.actions import UPDATED_TOPIC, apply_priority, apply_status
 from inbox.models import Conversation, ConversationStatus, Inbox, Message
 from inbox.service import queue_outbound
 from parley.db import utcnow
@@ -33,8 +38,6 @@ from parley.models import User
 from parley.outbox import emit
 
 routes = RouteTable("conversations")
-
-UPDATED_TOPIC = "conversation.updated"
 
 Changes = dict[str, dict[str, Any]]
 
@@ -54,34 +57,8 @@ async def _get(call: ApiRequest, conversation_id: int) -> Conversation:
 
 async def _set_status(call: ApiRequest, conversation: Conversation, status: ConversationStatus) -> Changes:
     """Move the conversation to `status`, keeping `resolved_at` in step; 409 if reopening would make two."""
-    old = conversation.status
-    if old == ConversationStatus.RESOLVED and conversation.thread_key is None:
-        # Only one unresolved conversation per contact and inbox (a unique partial index says so too);
-        # threaded conversations (a Slack thread each) are exempt, like the index.
-        other = (
-            await call.session.execute(
-                select(Conversation.id).where(
-                    Conversation.inbox_id == conversation.inbox_id,
-                    Conversation.contact_id == conversation.contact_id,
-                    Conversation.status != ConversationStatus.RESOLVED,
-                    Conversation.thread_key.is_(None),
-                    Conversation.id != conversation.id,
-                )
-            )
-        ).scalar()
-        if other is not None:
-            raise ApiError(
-                409,
-                "conflict",
-                f"The contact already has conversation {other} open in this inbox; "
-                "resolve it before reopening this one, or continue there.",
-            )
-    if old == ConversationStatus.RESOLVED:
-        conversation.resolved_at = None
-    if status == ConversationStatus.RESOLVED:
-        conversation.resolved_at = utcnow()
-    conversation.status = status
-    return {"status": {"old": old, "new": str(status)}}
+    with action_errors():
+        return await apply_status(call.session, conversation, status)
 
 
 async def _announce(call: ApiRequest, conversation: Conversation, changes: Changes) -> None:
@@ -104,25 +81,52 @@ async def _announce(call: ApiRequest, conversation: Conversation, changes: Chang
     call.notify_after_commit()
 
 
-@routes.get("/conversations", allow=Permission.READ_CONVERSATIONS)
+@routes.get("/conversations", allow=Permission.READ_CONVERSATIONS, errors=[400])
 async def list_conversations(call: ApiRequest, *, query: ConversationQuery) -> ConversationList:
-    """List conversations, newest first.
+    """List conversations as the agents' inbox does, newest first.
 
-    Filter by `status`, `inbox_id`, `contact_id` and `assignee_id` (`none`: unassigned).
+    `view`: `mine` (assigned to the caller), `unassigned` or `all`. Filter by `status`, `inbox_id`,
+    `channel`, `team_id`, `label`, `priority`, `contact_id` and `assignee_id` (`none`: unassigned).
+    `sort`: `newest`, `waiting` (the oldest unanswered customer message first) or `priority`. Each
+    conversation comes with its contact's name, inbox, last message, labels and the caller's
+    unread count; `GET /conversations/counts` counts the views.
     """
-    stmt = select(Conversation).where(Conversation.tenant_id == call.tenant_id)
-    if query.status is not None:
-        stmt = stmt.where(Conversation.status == query.status)
-    if query.inbox_id is not None:
-        stmt = stmt.where(Conversation.inbox_id == query.inbox_id)
-    if query.assignee_id == "none":
-        stmt = stmt.where(Conversation.assignee_id.is_(None))
-    elif query.assignee_id is not None:
-        stmt = stmt.where(Conversation.assignee_id == query.assignee_id)
-    if query.contact_id is not None:
-        stmt = stmt.where(Conversation.contact_id == query.contact_id)
-    rows, next_cursor = await fetch_page(call.session, stmt, Conversation.id, query)
-    return ConversationList(data=[ConversationOut.model_validate(c) for c in rows], next_cursor=next_cursor)
+    try:
+        page = await listing.list_conversations(
+            call.session,
+            tenant_id=call.tenant_id,
+            user_id=call.principal.user_id,
+            view=query.view,
+            filters=filters_from(call, query),
+            sort=query.sort,
+            limit=query.limit,
+            cursor=query.cursor,
+        )
+    except listing.InvalidCursor:
+        raise ApiError(
+            400, "invalid_cursor", "The cursor is not one this endpoint returned (for this sort)."
+        ) from None
+    return ConversationList(
+        data=[
+            ConversationListItem(
+                **(
+                    dict(ConversationOut.model_validate(row.conversation))
+                    | {
+                        "labels": [LabelSummary(id=t.id, name=t.name, color=t.color) for t in row.labels],
+                        "unread_count": row.unread_count,
+                        "contact_name": row.contact_name,
+                        "inbox_name": row.inbox_name,
+                        "channel": row.channel,
+                        "assignee_name": row.assignee_name,
+                        "last_message_preview": row.last_message_preview,
+                        "waiting_since": row.waiting_since,
+                    }
+                )
+            )
+            for row in page.rows
+        ],
+        next_cursor=page.next_cursor,
+    )
 
 
 @routes.get("/conversations/{conversation_id}", allow=Permission.READ_CONVERSATIONS)
@@ -140,8 +144,9 @@ async def get_conversation(call: ApiRequest, *, conversation_id: int) -> Convers
             .limit(1)
         )
     ).scalar_one_or_none()
+    out = await conversation_out(call.session, conversation, call.principal.user_id)
     return ConversationDetail(
-        **ConversationOut.model_validate(conversation).model_dump(),
+        **dict(out),
         contact=ContactSummary.model_validate(contact),
         last_message=MessageOut.model_validate(last) if last is not None else None,
     )
@@ -151,16 +156,26 @@ async def get_conversation(call: ApiRequest, *, conversation_id: int) -> Convers
 async def update_conversation(
     call: ApiRequest, *, conversation_id: int, body: ConversationUpdate
 ) -> ConversationOut:
-    """Change a conversation's status or assignee.
+    """Change a conversation's status, assignee or priority, or snooze it.
 
     Resolving sets `resolved_at`, reopening clears it; reopening answers 409 if the contact already
-    has another unresolved conversation in the inbox. The assignee must be a user of the same
-    tenant (422 `invalid_assignee`); null unassigns. Each change is announced as `conversation.updated`.
+    has another unresolved conversation in the inbox. `status: snoozed` takes an optional
+    `snoozed_until` in the future (422 `invalid_snooze` otherwise); without it the conversation
+    sleeps until the customer next writes. The assignee must be a user of the same tenant (422
+    `invalid_assignee`); null unassigns. The changes are announced as one `conversation.updated`.
     """
     conversation = await _get(call, conversation_id)
     changes: Changes = {}
-    if body.status is not None and body.status != conversation.status:
-        changes |= await _set_status(call, conversation, body.status)
+    status = body.status
+    if status is None and "snoozed_until" in body.model_fields_set:
+        status = ConversationStatus(conversation.status)  # a new wake-up time for a snoozed conversation
+    with action_errors():
+        if status is not None:
+            changes |= await apply_status(
+                call.session, conversation, status, snoozed_until=body.snoozed_until
+            )
+        if body.priority is not None:
+            changes |= apply_priority(conversation, body.priority)
     if "assignee_id" in body.model_fields_set and body.assignee_id != conversation.assignee_id:
         if body.assignee_id is not None:
             user = (
@@ -176,7 +191,7 @@ async def update_conversation(
         conversation.assignee_id = body.assignee_id
     if changes:
         await _announce(call, conversation, changes)
-    return ConversationOut.model_validate(conversation)
+    return await conversation_out(call.session, conversation, call.principal.user_id)
 
 
 @routes.get("/conversations/{conversation_id}/messages", allow=Permission.READ_CONVERSATIONS)

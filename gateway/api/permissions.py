@@ -25,6 +25,7 @@ class Permission(StrEnum):
     MANAGE_CRM = "crm:manage"  # custom attribute definitions, pipelines, CRM settings
     MANAGE_SCORING = "scoring:manage"
     MANAGE_CANNED_RESPONSES = "canned_responses:manage"
+    MANAGE_LABELS = "labels:manage"  # create, rename, delete; anyone who reads conversations reads them
 
 
 _EVERYTHING = frozenset(Permission)
@@ -43,6 +44,7 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.MANAGE_CRM,
         Permission.MANAGE_SCORING,
         Permission.MANAGE_CANNED_RESPONSES,
+        Permission.MANAGE_LABELS,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
     Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -21,7 +22,8 @@ from pydantic import (
 
 from channels.registry import CHANNELS
 from crm_core.lifecycle_stages import LifecycleStage
-from inbox.models import ConversationStatus, MessageStatus
+from inbox.listing import SORTS, VIEWS, Sort, View
+from inbox.models import ConversationPriority, ConversationStatus, MessageStatus
 from parley.auth import normalise_email
 from parley.models import Presence, Role
 
@@ -435,11 +437,37 @@ class MessageList(Page):
 # --- conversations ------------------------------------------------------------------------------
 
 
+LabelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
 class ConversationQuery(PageQuery):
     status: ConversationStatus | None = None
     inbox_id: Id | None = None
     assignee_id: Id | Literal["none"] | None = Field(None, description="A user id, or `none` for unassigned.")
     contact_id: Id | None = None
+    view: View = Field(
+        "all",
+        description="`mine`: assigned to the caller; `unassigned`; `all`.",
+        json_schema_extra={"enum": list(VIEWS)},
+    )
+    channel: str | None = Field(
+        None,
+        description="The inbox's channel, e.g. `twilio_sms`.",
+        json_schema_extra={"enum": _CHANNEL_NAMES},
+    )
+    team_id: Id | None = Field(None, description="The team the conversation is routed to.")
+    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] | None = (
+        Field(None, description="A label name (any case).")
+    )
+    priority: ConversationPriority | None = None
+    sort: Sort = Field(
+        "newest",
+        description="`newest`: last message first; `waiting`: the oldest unanswered customer message "
+        "first; `priority`: urgent first, then newest.",
+        json_schema_extra={"enum": list(SORTS)},
+    )
+
+    _channel = field_validator("channel")(lambda v: None if v is None else _known_channel(v))
 
 
 class ConversationUpdate(RequestBody):
@@ -447,13 +475,25 @@ class ConversationUpdate(RequestBody):
         None, description="Resolving sets `resolved_at`; reopening clears it."
     )
     assignee_id: Id | None = Field(None, description="A user of the same tenant; null unassigns.")
+    priority: ConversationPriority | None = Field(None, description="none, low, medium, high or urgent.")
+    snoozed_until: AwareDatetime | None = Field(
+        None,
+        description="With `status: snoozed`: when it reopens by itself (in the future). Omitted or null: "
+        "when the customer next writes.",
+    )
 
-    @field_validator("status", mode="before")
+    @field_validator("status", "priority", mode="before")
     @classmethod
     def _status_not_null(cls, value: Any) -> Any:
         if value is None:
-            raise ValueError("status cannot be null")
+            raise ValueError("cannot be null")
         return value
+
+
+class LabelSummary(ResponseBody):
+    id: int
+    name: str
+    color: str
 
 
 class ConversationOut(ResponseBody):
@@ -468,6 +508,14 @@ class ConversationOut(ResponseBody):
     created_at: datetime
     updated_at: datetime
     resolved_at: datetime | None
+    priority: ConversationPriority
+    snoozed_until: datetime | None = Field(
+        description="When a snoozed conversation reopens by itself; null while snoozed: at the "
+        "customer's next message."
+    )
+    merged_into_id: int | None = Field(description="The conversation this one was merged into.")
+    labels: list[LabelSummary] = Field(default_factory=list)
+    unread_count: int = Field(0, description="Customer messages the caller has not read.")
 
 
 class ConversationDetail(ConversationOut):
@@ -475,5 +523,18 @@ class ConversationDetail(ConversationOut):
     last_message: MessageOut | None
 
 
+class ConversationListItem(ConversationOut):
+    """A line of the agents' list: the conversation and what the list shows of it."""
+
+    contact_name: str = Field(description="The contact's name, else an address.")
+    inbox_name: str
+    channel: str
+    assignee_name: str | None
+    last_message_preview: str = Field(description="The last message as one line of plain text, shortened.")
+    waiting_since: datetime | None = Field(
+        description="When the oldest customer message not answered yet arrived; null: nothing unanswered."
+    )
+
+
 class ConversationList(Page):
-    data: list[ConversationOut]
+    data: list[ConversationListItem]

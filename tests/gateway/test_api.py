@@ -873,6 +873,20 @@ CRM_ROUTES = {
     ("patch", "/api/v1/users/{user_id}"),
 }
 
+# The conversation actions' routes (tests/gateway/test_conversation_actions_api.py).
+ACTION_ROUTES = {
+    ("get", "/api/v1/labels"),
+    ("post", "/api/v1/labels"),
+    ("get", "/api/v1/labels/{label_id}"),
+    ("patch", "/api/v1/labels/{label_id}"),
+    ("delete", "/api/v1/labels/{label_id}"),
+    ("put", "/api/v1/conversations/{conversation_id}/labels"),
+    ("post", "/api/v1/conversations/{conversation_id}/merge"),
+    ("post", "/api/v1/conversations/{conversation_id}/read"),
+    ("post", "/api/v1/conversations/{conversation_id}/unread"),
+    ("get", "/api/v1/conversations/counts"),
+}
+
 
 async def test_openapi_document_lists_every_route_and_validates(api: Api) -> None:
     async with api.client.get("/api/v1/openapi.json") as response:  # no token needed
@@ -924,7 +938,7 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         ("get", "/api/v1/openapi.json"),
         ("post", "/webhooks/{inbox_id}"),
         ("post", "/webhooks/{inbox_id}/status"),
-    } | CRM_ROUTES == documented
+    } | CRM_ROUTES | ACTION_ROUTES == documented
     assert len(operations()) == len(served) - 1  # everything but the document itself is declared once
 
     schemas = document["components"]["schemas"]
@@ -955,6 +969,12 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         "inbox_id",
         "assignee_id",
         "contact_id",
+        "view",
+        "channel",
+        "team_id",
+        "label",
+        "priority",
+        "sort",
     }
     assert document["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
