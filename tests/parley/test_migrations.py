@@ -9,12 +9,13 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from parley.db import Base, Database
-from parley.migrate import alembic_config, current_revision, upgrade
+from parley.migrate import alembic_config, current_revision, include_name, upgrade
 
 
 async def test_migrations_match_the_models(db: Database) -> None:
     def diff(connection: Connection) -> list[object]:
-        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+        context = MigrationContext.configure(connection, opts={"include_name": include_name})
+        return list(compare_metadata(context, Base.metadata))
 
     async with db.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
@@ -23,7 +24,7 @@ async def test_migrations_match_the_models(db: Database) -> None:
 async def test_upgrade_is_idempotent_and_records_the_head(db: Database) -> None:
     await upgrade(db.engine)  # a second run (serve migrates at every start) changes nothing
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None and head.isdigit()
+    assert head is not None and head[:4].isdigit()
     assert await current_revision(db.engine) == head
 
     def tables(connection: Connection) -> set[str]:
