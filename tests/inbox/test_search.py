@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from alembic import command
 from sqlalchemy import delete, text, update
 
 from crm_core.models import ChannelIdentity, Company, Contact
+from gateway.api.permissions import Permission, allows
+from gateway.app import create_app
 from inbox.models import Conversation, Inbox, Message
 from inbox.search import EmptyQuery, highlighted, parse_query, search
 from parley.db import Database, utcnow
 from parley.migrate import alembic_config, upgrade
-from tests.conftest import make_tenant
+from parley.models import Role
+from parley.settings import Settings
+from tests.conftest import TenantAccess, make_tenant
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @dataclass
@@ -283,3 +292,72 @@ def test_parse_and_highlight_pieces() -> None:
         (("invo",), False, True),
     ]
     assert highlighted("<b>invoice</b>", [(3, 10)]) == [("<b>", False), ("invoice", True), ("</b>", False)]
+
+
+# --- GET /api/v1/search -------------------------------------------------------------------------
+
+
+async def get_search(
+    client: TestClient[Any, Any], who: TenantAccess | None, **params: str
+) -> tuple[int, dict[str, Any]]:
+    headers = who.headers if who is not None else {}
+    async with client.get("/api/v1/search", params=params, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_search_api(aiohttp_client: ClientFactory, db: Database, settings: Settings) -> None:
+    s = await seed(db, "acme", name="Ann <script>alert(1)</script> Lee")
+    me = await make_tenant(db, "acme", role=Role.AGENT)
+    stranger = await make_tenant(db, "globex")
+    message = await add_message(db, s, "<b>invoice</b> & receipt for Ann")
+    client = await aiohttp_client(create_app(settings))
+
+    status, body = await get_search(client, me, q="ann")
+    assert status == 200
+    assert [c["contact_id"] for c in body["contacts"]] == [s.contact_id]
+    assert [m["message_id"] for m in body["messages"]] == [message]
+    hit = body["messages"][0]
+    assert hit["conversation_id"] == s.conversation_id
+    # Customer text comes back as the plain text it is, never turned into (or out of) markup.
+    assert hit["snippet"] == "<b>invoice</b> & receipt for Ann"
+    assert [hit["snippet"][a:b] for a, b in hit["highlights"]] == ["Ann"]
+    assert body["contacts"][0]["name"] == "Ann <script>alert(1)</script> Lee"
+    assert body["contacts"][0]["matched_field"] == "name"
+
+    status, body = await get_search(client, me, q="invo", kind="contacts")
+    assert (status, body) == (200, {"contacts": [], "messages": []})
+    status, body = await get_search(client, me, q="invo", kind="messages", limit="1")
+    assert [m["message_id"] for m in body["messages"]] == [message]
+
+    status, body = await get_search(client, stranger, q="invoice")
+    assert (status, body) == (200, {"contacts": [], "messages": []})
+
+    bad_queries: list[dict[str, str]] = [
+        {"q": ""},
+        {"q": "   "},
+        {"q": "!!!"},
+        {},
+        {"q": "x", "kind": "deals"},
+        {"q": "x", "limit": "0"},
+    ]
+    for bad in bad_queries:
+        status, body = await get_search(client, me, **bad)
+        assert status == 422, bad
+        assert body["error"]["code"] == "validation_error"
+    status, _ = await get_search(client, None, q="ann")
+    assert status == 401
+
+
+async def test_search_api_follows_the_roles(
+    db: Database, aiohttp_client: ClientFactory, settings: Settings
+) -> None:
+    s = await seed(db, "acme")
+    await add_message(db, s, "hello Anna")
+    client = await aiohttp_client(create_app(settings))
+    for role in Role:
+        access = await make_tenant(db, "acme", role=role, email=f"{role}-search@acme.example.com")
+        status, body = await get_search(client, access, q="anna")
+        assert status == (200 if allows(role, Permission.READ_CONVERSATIONS) else 403), role
+        if status == 200:
+            assert len(body["messages"]) == 1
+            assert len(body["contacts"]) == (1 if allows(role, Permission.READ_CONTACTS) else 0)
