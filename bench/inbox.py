@@ -117,7 +117,7 @@ _TSQUERY = (
     "(SELECT websearch_to_tsquery('parley_search'::regconfig, $2)"
     " && to_tsquery('parley_search'::regconfig, coalesce($3, '')) AS q) AS query"
 )
-_MESSAGE_VECTOR = "to_tsvector('parley_search'::regconfig, m.body)"
+_MESSAGE_VECTOR = "m.search_vector"
 _CONTACT_VECTOR = (
     "to_tsvector('parley_search'::regconfig, "
     "coalesce(c.name, '') || ' ' || coalesce(c.email, '') || ' ' || coalesce(c.phone, ''))"
@@ -127,20 +127,24 @@ BARE_MESSAGES = f"""
     WHERE m.tenant_id = $1 AND {_MESSAGE_VECTOR} @@ query.q
     ORDER BY ts_rank({_MESSAGE_VECTOR}, query.q) DESC, m.created_at DESC, m.id DESC
     LIMIT {RESULTS}"""  # noqa: S608 - constants
+_CONTACT_WORDS = f"""
+    SELECT c.id, ts_rank({_CONTACT_VECTOR}, query.q) AS score FROM contacts c, {_TSQUERY}
+    WHERE c.tenant_id = $1 AND {_CONTACT_VECTOR} @@ query.q"""  # noqa: S608 - constants
 # A one-token query also matches emails, addresses and company names by substring ($4, a LIKE pattern).
-BARE_CONTACTS = f"""
-    SELECT h.id FROM (
-        SELECT id, max(score) AS score FROM (
-            SELECT c.id, ts_rank({_CONTACT_VECTOR}, query.q) AS score FROM contacts c, {_TSQUERY}
-            WHERE c.tenant_id = $1 AND {_CONTACT_VECTOR} @@ query.q
-            UNION ALL SELECT id, 0 FROM contacts WHERE tenant_id = $1 AND email ILIKE $4
-            UNION ALL SELECT contact_id, 0 FROM channel_identities WHERE tenant_id = $1 AND address ILIKE $4
-            UNION ALL SELECT c.id, 0 FROM contacts c JOIN companies co ON co.id = c.company_id
-                WHERE co.tenant_id = $1 AND c.tenant_id = $1 AND co.name ILIKE $4
-        ) u GROUP BY id
-    ) h JOIN contacts c ON c.id = h.id
+_CONTACT_SUBSTRINGS = """
+    UNION ALL SELECT id, 0 FROM contacts WHERE tenant_id = $1 AND email ILIKE $4
+    UNION ALL SELECT contact_id, 0 FROM channel_identities WHERE tenant_id = $1 AND address ILIKE $4
+    UNION ALL SELECT c.id, 0 FROM contacts c JOIN companies co ON co.id = c.company_id
+        WHERE co.tenant_id = $1 AND c.tenant_id = $1 AND co.name ILIKE $4"""
+
+
+def bare_contacts(branches: str) -> str:
+    return f"""
+    SELECT h.id FROM (SELECT id, max(score) AS score FROM ({branches}) u GROUP BY id) h
+    JOIN contacts c ON c.id = h.id
     ORDER BY h.score DESC, c.updated_at DESC, c.id DESC
     LIMIT {RESULTS}"""  # noqa: S608 - constants
+
 
 # What agents type, with the text for websearch_to_tsquery and the prefix the last word becomes.
 MESSAGE_TERMS: list[tuple[str, str, str | None]] = [
@@ -439,7 +443,8 @@ async def measure_all(db: Database, dsn: str, samples: int, seed: int) -> list[L
     try:
         bare_list = await pg.prepare(BARE_LIST)
         bare_messages = await pg.prepare(BARE_MESSAGES)
-        bare_contacts = await pg.prepare(BARE_CONTACTS)
+        bare_contact_words = await pg.prepare(bare_contacts(_CONTACT_WORDS))
+        bare_contact_token = await pg.prepare(bare_contacts(_CONTACT_WORDS + _CONTACT_SUBSTRINGS))
 
         async def list_ours(n: int) -> list[ListRow]:
             async with db.sessionmaker() as session:
@@ -461,7 +466,7 @@ async def measure_all(db: Database, dsn: str, samples: int, seed: int) -> list[L
 
         for kind, terms, bare in (
             ("messages", MESSAGE_TERMS, bare_messages),
-            ("contacts", CONTACT_TERMS, bare_contacts),
+            ("contacts", CONTACT_TERMS, bare_contact_words),
         ):
 
             async def ours(n: int, kind: str = kind, terms: list[Any] = terms) -> list[int]:
@@ -475,9 +480,9 @@ async def measure_all(db: Database, dsn: str, samples: int, seed: int) -> list[L
             async def bare_run(n: int, terms: list[Any] = terms, bare: Any = bare) -> list[int]:
                 typed, head, prefix = terms[n % len(terms)]
                 params = [tenants[n], head, prefix]
-                if bare is bare_contacts:
-                    one_token = " " not in typed.strip() and len(typed.strip()) >= 3
-                    params.append(f"%{typed.strip()}%" if one_token else "")
+                if bare is bare_contact_words and " " not in typed.strip() and len(typed.strip()) >= 3:
+                    bare = bare_contact_token
+                    params.append(f"%{typed.strip()}%")
                 return [row[0] for row in await bare.fetch(*params)]
 
             found = dict.fromkeys((term[0] for term in terms), 0)

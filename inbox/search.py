@@ -1,8 +1,9 @@
 """Search across contacts and message text: PostgreSQL full-text search, SQLite FTS5 on the default.
 
 The indexes come from migration 0009: on PostgreSQL GIN indexes over `to_tsvector('parley_search', …)`
-(the `simple` configuration behind `unaccent`: no stemming, since customers write in many languages),
-on SQLite FTS5 external-content tables (`search_messages`, `search_contacts`) kept in step by triggers.
+(the `simple` configuration behind `unaccent`: no stemming, since customers write in many languages;
+for messages a stored generated column, `search_vector`), on SQLite FTS5 external-content tables
+(`search_messages`, `search_contacts`) kept in step by triggers.
 
 What comes back is plain text plus offsets: the caller escapes the text and highlights by offset, so
 nothing built from customer text is ever markup. Offsets count Unicode code points (`Array.from` in
@@ -11,6 +12,7 @@ JavaScript), half-open `[start, end)`.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Collection, Iterable, Sequence
@@ -33,7 +35,7 @@ ELLIPSIS = "…"
 # PostgreSQL: the configuration and the expressions of migration 0009's indexes, spelt the same way
 # so the planner recognises them.
 _CONFIG = "'parley_search'::regconfig"
-_MESSAGE_VECTOR = f"to_tsvector({_CONFIG}, m.body)"
+_MESSAGE_VECTOR = "m.search_vector"  # generated: to_tsvector('parley_search', body)
 _CONTACT_VECTOR = (
     f"to_tsvector({_CONFIG}, "
     "coalesce(c.name, '') || ' ' || coalesce(c.email, '') || ' ' || coalesce(c.phone, ''))"
@@ -149,16 +151,24 @@ def tsquery_parts(parsed: ParsedQuery) -> tuple[str, str | None]:
 
 def _fold(value: str) -> tuple[str, list[int]]:
     """`value` folded (case, accents) like the indexes fold it, and each folded character's source index."""
+    if value.isascii():  # the common case, and one character stays one
+        return value.lower(), list(range(len(value)))
     folded: list[str] = []
     origin: list[int] = []
     for i, ch in enumerate(value):
-        base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+        base = ch if ch.isascii() else _strip_accents(ch)
         for out in base.casefold():
             folded.append(out)
             origin.append(i)
     return "".join(folded), origin
 
 
+@functools.lru_cache(maxsize=4096)
+def _strip_accents(ch: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+
+
+@functools.lru_cache(maxsize=256)
 def _term_pattern(parsed: ParsedQuery) -> re.Pattern[str] | None:
     terms: list[str] = []
     for clause in parsed.positive:

@@ -43,10 +43,14 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
 
 # Search indexes are made by migration 0009 in raw DDL per backend (SQLite FTS5 tables and their
-# shadow tables, PostgreSQL expression indexes) and have no model; the comparison skips them.
+# shadow tables; PostgreSQL's generated `messages.search_vector` and GIN indexes) and have no
+# model; the comparison skips them.
 UNMODELLED_PREFIXES = ("search_", "ix_search_")
 
 
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:
     """Alembic's `include_name` hook: False for the schema objects no model describes."""
-    return not (type_ in ("table", "index") and name is not None and name.startswith(UNMODELLED_PREFIXES))
+    unmodelled = (
+        type_ in ("table", "index", "column") and name is not None and name.startswith(UNMODELLED_PREFIXES)
+    )
+    return not unmodelled

@@ -274,7 +274,8 @@ async def test_downgrade_removes_the_search_objects(db: Database) -> None:
     else:
         sql = (
             "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'ix_search%' "
-            "UNION ALL SELECT cfgname FROM pg_ts_config WHERE cfgname = 'parley_search'"
+            "UNION ALL SELECT cfgname FROM pg_ts_config WHERE cfgname = 'parley_search' "
+            "UNION ALL SELECT column_name FROM information_schema.columns WHERE column_name LIKE 'search%'"
         )
     async with db.engine.connect() as conn:
         assert (await conn.execute(text(sql))).all() == []
