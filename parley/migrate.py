@@ -40,3 +40,17 @@ async def current_revision(engine: AsyncEngine) -> str | None:
 
     async with engine.connect() as conn:
         return await conn.run_sync(_current)
+
+
+# Search indexes are made by migration 0009 in raw DDL per backend (SQLite FTS5 tables and their
+# shadow tables; PostgreSQL's generated `messages.search_vector` and GIN indexes) and have no
+# model; the comparison skips them.
+UNMODELLED_PREFIXES = ("search_", "ix_search_")
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's `include_name` hook: False for the schema objects no model describes."""
+    unmodelled = (
+        type_ in ("table", "index", "column") and name is not None and name.startswith(UNMODELLED_PREFIXES)
+    )
+    return not unmodelled

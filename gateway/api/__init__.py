@@ -18,6 +18,7 @@ from gateway.api import (
     deals,
     inboxes,
     me,
+    search,
     typing_indicator,
     users,
 )
@@ -38,6 +39,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     crm.routes,
     users.routes,
     composer.routes,
+    search.routes,
 )
 
 

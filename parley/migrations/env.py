@@ -13,6 +13,7 @@ import inbox.models
 import parley.models
 import routing.models
 from parley.db import Base
+from parley.migrate import include_name
 
 # Every table must be known to autogenerate.
 _ = (crm_core.models, inbox.models, parley.models, routing.models)
@@ -27,6 +28,7 @@ def _run(connection: Connection) -> None:
         # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

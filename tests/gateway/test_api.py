@@ -935,6 +935,7 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         ("post", "/api/v1/conversations/{conversation_id}/assignment"),
         ("get", "/api/v1/conversations/{conversation_id}/queue"),
         ("get", "/api/v1/queue"),
+        ("get", "/api/v1/search"),
         ("get", "/api/v1/openapi.json"),
         ("post", "/webhooks/{inbox_id}"),
         ("post", "/webhooks/{inbox_id}/status"),

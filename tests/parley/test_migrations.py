@@ -9,12 +9,13 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
 from parley.db import Base, Database
-from parley.migrate import alembic_config, current_revision, upgrade
+from parley.migrate import alembic_config, current_revision, include_name, upgrade
 
 
 async def test_migrations_match_the_models(db: Database) -> None:
     def diff(connection: Connection) -> list[object]:
-        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+        context = MigrationContext.configure(connection, opts={"include_name": include_name})
+        return list(compare_metadata(context, Base.metadata))
 
     async with db.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
