@@ -427,7 +427,7 @@ async def _thread_context(
         "notice": notice,
         "may_update": ui.may(Permission.UPDATE_CONVERSATIONS),
         "may_send": ui.may(Permission.SEND_MESSAGES),
-        "may_manage_labels": ui.may(Permission.MANAGE_ROUTING),
+        "may_manage_labels": ui.may(Permission.MANAGE_LABELS),
     }
 
 
@@ -571,7 +571,7 @@ async def conversation_action(ui: Ui) -> web.StreamResponse:
                 ui.user_id,
                 conversation_id,
                 names,
-                may_create=ui.may(Permission.MANAGE_ROUTING),
+                may_create=ui.may(Permission.MANAGE_LABELS),
             )
             notice = "Labels saved."
         elif action == "merge":
