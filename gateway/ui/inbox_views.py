@@ -21,7 +21,7 @@ import aiohttp_jinja2
 import nh3
 from aiohttp import web
 from markupsafe import Markup, escape
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from crm_core.models import Contact
 from gateway.api.permissions import Permission
@@ -53,6 +53,8 @@ from routing.presence import ANSWERING_ROLES
 # designers) use the contact timeline and the API instead.
 INBOX_PERMISSION = Permission.SEND_MESSAGES
 PAGE_SIZE = 50
+# How many messages a thread shows at first; a search result further back widens it.
+THREAD_WINDOW = 200
 STATUSES = [str(s) for s in ConversationStatus]
 PRIORITIES = [str(p) for p in ConversationPriority]
 
@@ -327,15 +329,48 @@ async def _thread_context(
         await ui.session.execute(select(Contact).where(Contact.id == conversation.contact_id))
     ).scalar_one()
     inbox = (await ui.session.execute(select(Inbox).where(Inbox.id == conversation.inbox_id))).scalar_one()
-    messages = (
+    # The newest messages, reaching back to `?at=` (a search result) when that is older.
+    newest = (
         (
             await ui.session.execute(
-                select(Message).where(Message.conversation_id == conversation.id).order_by(Message.id)
+                select(Message)
+                .where(Message.conversation_id == conversation.id)
+                .order_by(Message.id.desc())
+                .limit(THREAD_WINDOW)
             )
         )
         .scalars()
         .all()
     )
+    at = ui.request.query.get("at", "")
+    oldest_shown = newest[-1].id if newest else 0
+    if at.isdigit() and len(newest) == THREAD_WINDOW and int(at) < oldest_shown:
+        older = (
+            (
+                await ui.session.execute(
+                    select(Message)
+                    .where(
+                        Message.conversation_id == conversation.id,
+                        Message.id >= int(at),
+                        Message.id < oldest_shown,
+                    )
+                    .order_by(Message.id.desc())
+                )
+            )
+            .scalars()
+            .all()
+        )
+        newest = [*newest, *older]
+    messages = list(reversed(newest))
+    earlier = 0
+    if messages and len(newest) >= THREAD_WINDOW:
+        earlier = (
+            await ui.session.execute(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.conversation_id == conversation.id, Message.id < messages[0].id)
+            )
+        ).scalar_one()
     users = {
         u.id: u
         for u in (
@@ -413,6 +448,7 @@ async def _thread_context(
         "contact_name": contact_name,
         "inbox": inbox,
         "messages": views,
+        "earlier": earlier,
         "assignee": users.get(conversation.assignee_id or 0),
         "agents": agents,
         "teams": teams,

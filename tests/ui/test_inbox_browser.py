@@ -6,7 +6,7 @@ The harness fails any test whose pages break the Content-Security-Policy or thro
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +21,9 @@ from parley.db import Database
 from parley.media import MediaStore
 from parley.models import Role
 from parley.outbox import emit
-from tests.conftest import eventually
+from tests.conftest import eventually, free_port
 from tests.fakes.server import serve_on_loopback
+from tests.support.smtp import SMTP_PASSWORD, SMTP_USER, Smarthost
 from tests.ui.conftest import Browsing, ParleyServer, make_agent, screenshot
 from tests.ui.inbox_seed import add_message, make_contact, make_conversation, make_inbox
 
@@ -412,3 +413,76 @@ async def announce(
 
 async def read_mark_is(db: Database, conversation_id: int, message_id: int) -> bool:
     return await read_mark(db, conversation_id) == message_id
+
+
+@pytest.fixture
+def smarthost() -> Iterator[Smarthost]:
+    host = Smarthost(free_port())
+    host.start()
+    yield host
+    host.stop()
+
+
+async def test_merge_mark_unread_and_transcript_from_the_actions_bar(
+    db: Database, database_url: str, tmp_path: Path, smarthost: Smarthost, browsing: Browsing
+) -> None:
+    agent = await make_agent(db, "acme", name="Ada Agent")
+    sms = await make_inbox(db, agent.tenant_id, channel="twilio_sms", name="SMS line")
+    chat = await make_inbox(db, agent.tenant_id, channel="webchat", name="Website")
+    contact = await make_contact(db, agent.tenant_id, name="Rita Moreno", email="rita@example.net")
+    source = await make_conversation(db, agent.tenant_id, sms, contact, assignee_id=agent.user_id)
+    await add_message(db, source, "texted about <the invoice>", ago=5)
+    target = await make_conversation(db, agent.tenant_id, chat, contact, assignee_id=agent.user_id)
+    await add_message(db, target, "and asked on the website", ago=3)
+    server = ParleyServer(
+        database_url,
+        tmp_path,
+        env={"PARLEY_SMTP_URL": f"smtp://{SMTP_USER}:{SMTP_PASSWORD}@127.0.0.1:{smarthost.port}"},
+    )
+    await server.start()
+    try:
+        page = await browsing.signed_in(server, agent, path=f"/inbox/c/{source}")
+        thread = page.locator("#thread")
+        await expect(thread).to_contain_text("texted about <the invoice>")
+
+        # Merge into the other conversation of the same contact: the thread becomes the target's.
+        await page.get_by_text("More", exact=True).click()
+        page.once("dialog", lambda dialog: dialog.accept())
+        await page.get_by_label("Merge into another conversation of Rita Moreno").select_option(str(target))
+        await page.get_by_role("button", name="Merge").click()
+        await expect(page).to_have_url(re.compile(f"/inbox/c/{target}$"))
+        await expect(thread.locator(".msg")).to_have_count(2)
+        await expect(thread).to_contain_text("Merged from conversation")
+        await expect(page.locator(f'#rows .row[data-conversation-id="{source}"]')).to_have_count(0)
+
+        # Mark unread: the row shows its unread count again (and opening it is what reads it).
+        await page.get_by_text("More", exact=True).click()
+        await page.get_by_role("button", name="Mark unread").click()
+        row = page.locator(f'#rows .row[data-conversation-id="{target}"]')
+        await expect(row.locator(".badge")).to_have_text("1")
+
+        # The transcript goes by email through the composer's API; customer text stays text.
+        await page.get_by_text("More", exact=True).click()
+        await expect(page.get_by_label("Send the transcript to")).to_have_value("rita@example.net")
+        await page.get_by_label("Send the transcript to").fill("boss@acme.example.com")
+        await page.get_by_role("button", name="Send transcript").click()
+        await expect(page.locator("#action-status")).to_contain_text(
+            "Transcript sent to boss@acme.example.com."
+        )
+        assert len(smarthost.received) == 1
+        mail = smarthost.received[0].message
+        assert mail["To"] == "boss@acme.example.com"
+        html = mail.get_body(("html",))
+        assert html is not None and "&lt;the invoice&gt;" in html.get_content()
+
+        # A refusal is shown, and nothing is sent.
+        await page.get_by_text("More", exact=True).click()
+        await page.get_by_label("Send the transcript to").evaluate("e => e.removeAttribute('type')")
+        await page.get_by_label("Send the transcript to").fill("not-an-address")
+        await page.get_by_role("button", name="Send transcript").click()
+        await expect(page.locator("#action-status [role=alert]")).to_contain_text(
+            "The transcript was not sent"
+        )
+        assert len(smarthost.received) == 1
+    finally:
+        await server.stop()

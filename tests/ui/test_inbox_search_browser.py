@@ -46,7 +46,7 @@ async def test_search_opens_the_conversation_at_the_message(
     await page.keyboard.press("ArrowDown")
     await expect(hit).to_be_focused()
     await page.keyboard.press("Enter")
-    await expect(page).to_have_url(re.compile(f"/inbox/c/{conversation}#m{target}$"))
+    await expect(page).to_have_url(re.compile(f"/inbox/c/{conversation}\\?at={target}#m{target}$"))
     message = page.locator(f"#m{target}")
     await expect(message).to_have_class(re.compile("highlight"))
     await expect(message).to_be_in_viewport()

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from gateway.app import create_app
+from gateway.ui import inbox_views
 from inbox.models import Conversation, ConversationRead, ConversationStatus, Label, Message
 from parley.db import Database
 from parley.models import OutboxEvent, Role, User
@@ -478,3 +479,24 @@ async def test_partial_panes_for_live_refreshes(db: Database, agent: Agent) -> N
     assert status == 200 and "first" in messages and "thread-head" not in messages and "<html" not in messages
     status, head = await agent.get(f"/inbox/c/{conversation}", target="thread-head")
     assert status == 200 and "Resolve" in head and "first" not in head
+
+
+async def test_a_long_thread_shows_its_newest_messages_and_reaches_back_to_a_search_hit(
+    db: Database, agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbox_views, "THREAD_WINDOW", 5)
+    inbox = await make_inbox(db, agent.tenant_id)
+    conversation = await make_conversation(
+        db, agent.tenant_id, inbox, await make_contact(db, agent.tenant_id)
+    )
+    ids = [await add_message(db, conversation, f"message number {n}", ago=20 - n) for n in range(10)]
+
+    def shown(html: str) -> list[int]:
+        return [int(i) for i in re.findall(r'data-message-id="(\d+)"', html)]
+
+    _, html = await agent.get(f"/inbox/c/{conversation}")
+    assert shown(html) == ids[5:]
+    assert "5 earlier messages not shown" in html
+    _, html = await agent.get(f"/inbox/c/{conversation}?at={ids[2]}")
+    assert shown(html) == ids[2:]
+    assert "2 earlier messages not shown" in html

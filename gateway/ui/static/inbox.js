@@ -60,6 +60,10 @@
     if (response.ok && refresh) refreshList();
   }
 
+  // The conversation this page last marked read on opening: an action re-rendering the same thread
+  // (mark unread above all) must not mark it read again.
+  let readOnOpen = null;
+
   function threadOpened() {
     const wrap = document.querySelector("#thread .thread-wrap");
     const id = wrap ? Number(wrap.dataset.conversationId) : null;
@@ -67,7 +71,8 @@
     inboxEl().classList.toggle("thread-open", Boolean(id));
     markActiveRow();
     if (!highlightHash()) scrollToEnd();
-    if (id) {
+    if (id && id !== readOnOpen) {
+      readOnOpen = id;
       const row = document.querySelector('#rows .row[data-conversation-id="' + id + '"]');
       markRead(id, Boolean(row && row.classList.contains("unread")));
     }
@@ -112,7 +117,7 @@
     const head = document.getElementById("thread-head");
     if (!id || !head) return;
     // An agent in the middle of using a menu keeps it: the head is refreshed when they are done.
-    if (head.querySelector("details[open]") || head.contains(document.activeElement)) {
+    if (headInUse(head)) {
       refreshHead();
       return;
     }
@@ -127,7 +132,17 @@
     }
   });
 
+  function headInUse(head) {
+    return Boolean(head.querySelector("details[open]") || head.contains(document.activeElement));
+  }
+
   document.body.addEventListener("htmx:beforeSwap", function (event) {
+    // A live refresh of the head that comes back while the agent has opened a menu waits for later.
+    if (event.detail.target && event.detail.target.id === "thread-head" && headInUse(event.detail.target)) {
+      event.detail.shouldSwap = false;
+      refreshHead();
+      return;
+    }
     // Refused actions answer with the thread pane explaining why: show it.
     const status = event.detail.xhr ? event.detail.xhr.status : 0;
     if ([403, 404, 409, 422].indexOf(status) >= 0 && event.detail.target && event.detail.target.id === "thread") {
@@ -270,7 +285,7 @@
       found.messages.forEach(function (m) {
         const when = new Date(m.created_at).toLocaleString();
         results.appendChild(resultLink(
-          "/inbox/c/" + m.conversation_id + "#m" + m.message_id,
+          "/inbox/c/" + m.conversation_id + "?at=" + m.message_id + "#m" + m.message_id,
           highlighted(m.snippet, m.highlights),
           (m.contact_name || "Contact #" + m.contact_id) + " · " + m.inbox_name + " · " + when
         ));
