@@ -20,7 +20,7 @@ from parley.db import Database
 from parley.models import OutboxEvent, Role, User
 from parley.sessions import SESSION_COOKIE, start_session
 from parley.settings import Settings
-from routing.models import AgentProfile
+from routing.models import AgentProfile, ConversationRouting, Team
 from tests.conftest import make_tenant
 from tests.ui.inbox_seed import add_message, make_contact, make_conversation, make_inbox
 
@@ -500,3 +500,38 @@ async def test_a_long_thread_shows_its_newest_messages_and_reaches_back_to_a_sea
     _, html = await agent.get(f"/inbox/c/{conversation}?at={ids[2]}")
     assert shown(html) == ids[2:]
     assert "2 earlier messages not shown" in html
+
+
+async def test_teams_filter_the_list_and_take_conversations_into_their_queue(
+    db: Database, agent: Agent
+) -> None:
+    async with db.transaction() as session:
+        team = Team(tenant_id=agent.tenant_id, name="Billing")
+        session.add(team)
+        await session.flush()
+        team_id = team.id
+    inbox = await make_inbox(db, agent.tenant_id)
+    handed = await make_conversation(
+        db, agent.tenant_id, inbox, await make_contact(db, agent.tenant_id), assignee_id=agent.user_id
+    )
+    kept = await make_conversation(db, agent.tenant_id, inbox, await make_contact(db, agent.tenant_id))
+    status, html = await agent.post(f"/inbox/c/{handed}/assign", {"assignee": f"team:{team_id}"})
+    assert status == 200, html
+    assert "Handed to Billing." in html
+    async with db.sessionmaker() as session:
+        routing = await session.get_one(ConversationRouting, handed)
+    assert routing.team_id == team_id
+    assert (await conversation_row(db, handed)).assignee_id is None
+    _, listed = await agent.get(f"/inbox?view=all&team_id={team_id}", target="list")
+    assert re.findall(r'data-conversation-id="(\d+)"', listed) == [str(handed)]
+    assert str(kept) not in re.findall(r'data-conversation-id="(\d+)"', listed)
+
+    # Another tenant's team is not a choice.
+    other = await make_tenant(db, "globex")
+    async with db.transaction() as session:
+        theirs = Team(tenant_id=other.tenant_id, name="Theirs")
+        session.add(theirs)
+        await session.flush()
+        their_team = theirs.id
+    status, html = await agent.post(f"/inbox/c/{kept}/assign", {"assignee": f"team:{their_team}"})
+    assert status == 422 and "No such team." in html
