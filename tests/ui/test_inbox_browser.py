@@ -158,7 +158,7 @@ async def test_an_agent_opens_conversations_and_works_them_from_the_keyboard(
     await expect(page.get_by_role("dialog", name="Keyboard shortcuts")).to_be_hidden()
     await page.keyboard.press("a")
     await expect(page.get_by_label("Assign to")).to_be_focused()
-    await page.get_by_label("Assign to").select_option(label="Bo Builder")
+    await page.get_by_label("Assign to").select_option(label="Bo Builder · offline")
     await page.get_by_role("button", name="Assign", exact=True).click()
     await expect(thread).to_contain_text("Assigned to Bo Builder")
     await page.locator("#thread").focus()

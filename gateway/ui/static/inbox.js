@@ -437,6 +437,10 @@
       if (topic !== "message.updated") refreshList();
       return;
     }
+    if (topic === "agent.presence_changed") {
+      refreshHead(); // who is online, in the assign menu
+      return;
+    }
     if (topic.indexOf("conversation.") === 0) {
       refreshList();
       if (mine && topic !== "conversation.read") {
