@@ -137,6 +137,7 @@ async def test_the_list_shows_each_conversation_with_its_contact_preview_and_unr
     assert status == 200 and "<html" not in fragment
     rows = re.findall(r'data-conversation-id="(\d+)"', fragment)
     assert rows == [str(mine), str(waiting)]  # Zoë has waited 5 minutes for an answer, Bob 2
+    assert fragment.count('<span class="waiting">waiting since ') == 2
 
 
 async def test_filters_narrow_the_list(db: Database, agent: Agent) -> None:
