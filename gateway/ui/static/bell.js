@@ -3,6 +3,7 @@
 // followed, and kept current by live.js's `notification.*` events.
 (function () {
   "use strict";
+  if (window.parley && window.parley.bell) { return; }
 
   function Bell(root) {
     this.root = root;
@@ -90,4 +91,6 @@
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-bell]").forEach(function (root) { root.bell = new Bell(root); });
   });
+  window.parley = window.parley || {};
+  window.parley.bell = true;
 })();

@@ -7,6 +7,7 @@
 // "@" in a note opens the workspace's people; arrows + Enter (or Tab) pick, Escape closes.
 (function () {
   "use strict";
+  if (window.parley && window.parley.composer) { return; } // loaded twice: once is enough
 
   const DRAFT_PREFIX = "parley:draft:";
   const MAX_SUGGESTIONS = 8;
