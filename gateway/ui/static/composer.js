@@ -86,7 +86,7 @@
     this.root.querySelectorAll("[data-composer-mode]").forEach(function (tab) {
       tab.addEventListener("click", function () { self.setMode(tab.dataset.composerMode); self.text.focus(); });
     });
-    this.text.addEventListener("input", function () { self.remember(); self.updateSuggestions(); });
+    this.text.addEventListener("input", function () { self.remember(); self.updateSuggestions(); self.typing(); });
     this.text.addEventListener("keydown", function (event) { self.onKey(event); });
     this.text.addEventListener("blur", function () { window.setTimeout(function () { self.closeSuggestions(); }, 150); });
     this.form.addEventListener("submit", function (event) { event.preventDefault(); self.send(); });
@@ -121,6 +121,16 @@
         if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); self.sendTemplate(); }
       });
     }
+  };
+
+  // Other agents (and a web chat visitor) see "typing…" through live.js's socket, at most every 3 s.
+  Composer.prototype.typing = function () {
+    const live = window.parley && window.parley.live;
+    if (this.mode !== "reply" || !live || typeof live.send !== "function") { return; }
+    const now = Date.now();
+    if (this.typedAt && now - this.typedAt < 3000) { return; }
+    this.typedAt = now;
+    try { live.send({ type: "typing", conversation_id: Number(this.id) }); } catch (e) { /* offline */ }
   };
 
   Composer.prototype.remember = function () {
