@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.api import setup_api
 from gateway.errors import error_middleware, json_error
 from gateway.keys import DB, DIRECTORY, DISPATCHER, HUB, MAILER, MEDIA, NOTIFIER, SECRET_BOX, SETTINGS
+from gateway.live import setup_live
 from gateway.media import setup_media
 from gateway.notify import CeleryNotifier
 from gateway.ui import setup_ui
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     setup_webchat(app)
     setup_api(app)
     setup_ui(app)
+    setup_live(app)
     return app
 
 

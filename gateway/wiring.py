@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crm_core.subscribers import crm_subscribers
+from gateway.live import live_subscribers
 from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
@@ -50,6 +51,8 @@ def build_subscribers(
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
         announce = PresenceAnnouncer(db, directory.hub).announce
         subscribers[PRESENCE_CHANGED_TOPIC] = [*subscribers.get(PRESENCE_CHANGED_TOPIC, []), announce]
+        for topic, handlers in live_subscribers(directory.hub).items():  # agents' open screens
+            subscribers.setdefault(topic, []).extend(handlers)
     return subscribers
 
 

@@ -40,10 +40,14 @@ class Subscription:
     def __init__(self, topic: str, maxsize: int = 512) -> None:
         self.topic = topic
         self._queue: asyncio.Queue[Payload] = asyncio.Queue(maxsize)
+        # How many messages were dropped: a consumer that must not miss any (a live socket with
+        # catch-up) checks it and starts over from the database.
+        self.dropped = 0
 
     def _deliver(self, message: Payload) -> None:
         if self._queue.full():
             self._queue.get_nowait()
+            self.dropped += 1
             logger.warning("subscriber of %s is not keeping up; dropped its oldest message", self.topic)
         self._queue.put_nowait(message)
 
