@@ -17,7 +17,7 @@ What the thread view and the composer agree on:
 - it listens to live.js's `parley:event` (`message.received` / `conversation.updated` with the
   conversation's `payload.conversation_id`) and `parley:reconnected` to re-check the reply options
   (WhatsApp's window), swapping itself for `/ui/conversations/{id}/composer` when they changed;
-- while replying it sends `{"type": "typing", "conversation_id"}` through `window.parley.live.send`.
+- while replying it tells other agents through `window.parley.live.typing(conversation_id, on)`.
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@
     this.root.querySelectorAll("[data-composer-mode]").forEach(function (tab) {
       tab.addEventListener("click", function () { self.setMode(tab.dataset.composerMode); self.text.focus(); });
     });
-    this.text.addEventListener("input", function () { self.remember(); self.updateSuggestions(); self.typing(); });
+    this.text.addEventListener("input", function () { self.remember(); self.updateSuggestions(); self.typing(true); });
     this.text.addEventListener("keydown", function (event) { self.onKey(event); });
     this.text.addEventListener("blur", function () { window.setTimeout(function () { self.closeSuggestions(); }, 150); });
     this.form.addEventListener("submit", function (event) { event.preventDefault(); self.send(); });
@@ -123,14 +123,12 @@
     }
   };
 
-  // Other agents (and a web chat visitor) see "typing…" through live.js's socket, at most every 3 s.
-  Composer.prototype.typing = function () {
+  // Other agents (and a web chat visitor) see "typing…" through live.js's socket (it throttles).
+  Composer.prototype.typing = function (on) {
     const live = window.parley && window.parley.live;
-    if (this.mode !== "reply" || !live || typeof live.send !== "function") { return; }
-    const now = Date.now();
-    if (this.typedAt && now - this.typedAt < 3000) { return; }
-    this.typedAt = now;
-    try { live.send({ type: "typing", conversation_id: Number(this.id) }); } catch (e) { /* offline */ }
+    if (!live || typeof live.typing !== "function") { return; }
+    if (on && this.mode !== "reply") { return; }
+    try { live.typing(Number(this.id), on); } catch (e) { /* offline: nothing to tell */ }
   };
 
   Composer.prototype.remember = function () {
@@ -232,6 +230,7 @@
           attachments: files.map(function (f) { return { url: f.url, content_type: f.content_type }; })
         });
       }
+      if (!note) { this.typing(false); }
       this.text.value = "";
       this.draft[this.mode] = "";
       if (!note) { this.draft.files = []; }
