@@ -176,6 +176,7 @@ async def test_a_note_never_reaches_the_customer_and_rings_the_mentioned_agents_
     await expect(item).to_contain_text("Ada Lovelace mentioned you on Ann Lee")
     await expect(item).to_contain_text("Refund approved? @bob please check")
     await expect(item).to_have_attribute("href", f"/inbox/c/{conversation}#m{note.id}")
+    await screenshot(bob_page, "composer-bell")
     await item.click()
     await bob_page.wait_for_url(f"**/inbox/c/{conversation}#m{note.id}")
     await eventually(lambda: _all_read(desk, desk.bob.user_id))
@@ -308,3 +309,40 @@ async def test_the_customer_writing_again_reopens_the_window_without_losing_the_
     await box.press("Control+Enter")
     await eventually(lambda: len(desk.fake.requests) == 1)
     assert desk.fake.requests[0]["Body"] == ["Thanks for writing back!"]
+
+
+async def _drop_file(page: Page, name: str, data: bytes, content_type: str) -> None:
+    """Drop a file on the composer as a desktop drag would (a DataTransfer holding a File)."""
+    transfer = await page.evaluate_handle(
+        """([name, bytes, type]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, {type}));
+            return transfer;
+        }""",
+        [name, list(data), content_type],
+    )
+    await page.dispatch_event("#composer-form", "dragover", {"dataTransfer": transfer})
+    await page.dispatch_event("#composer-form", "drop", {"dataTransfer": transfer})
+
+
+async def test_files_dropped_on_the_box_are_attached_or_refused_with_a_reason(desk: Desk) -> None:
+    conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
+    page = await desk.open_composer(conversation)
+    # Declared a PNG by the browser, it is text: attached as what its bytes are.
+    await _drop_file(page, "notes.png", b"order A-1001: two boxes", "image/png")
+    await expect(page.locator(".composer-file")).to_contain_text("notes.png · text/plain")
+    await page.get_by_role("button", name="Remove notes.png").click()
+    await expect(page.locator(".composer-file")).to_have_count(0)
+
+    slack = await make_inbox(desk.db, desk.ada.tenant_id, "slack")
+    in_slack = await make_conversation(
+        desk.db, desk.ada.tenant_id, slack, kind="slack", address="U123", phone="+14155550144"
+    )
+    await page.goto(f"{desk.server.url}/compose/{in_slack}")
+    await expect(page.locator("#composer[data-composer-ready]")).to_be_attached()
+    await expect(page.locator("#composer-form")).to_contain_text("slack carries no files.")
+    await _drop_file(page, "label.png", PNG, "image/png")
+    await expect(page.locator("#composer-form [data-composer-error]")).to_have_text(
+        "slack cannot carry files: send a link in the text instead."
+    )
+    await expect(page.locator(".composer-file")).to_have_count(0)

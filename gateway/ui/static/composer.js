@@ -339,10 +339,14 @@
   // composer; the draft comes back from sessionStorage.
   Composer.prototype.refresh = async function () {
     this.remember();
-    const response = await fetch("/ui/conversations/" + this.id + "/composer", { credentials: "same-origin", headers: { "HX-Request": "true" } });
-    if (!response.ok) { return; }
+    let html;
+    try {
+      const response = await fetch("/ui/conversations/" + this.id + "/composer", { credentials: "same-origin", headers: { "HX-Request": "true" } });
+      if (!response.ok) { return; }
+      html = await response.text();
+    } catch (e) { return; } // offline or leaving: the next event or reconnect tries again
     const holder = document.createElement("div");
-    holder.innerHTML = await response.text();
+    holder.innerHTML = html;
     const fresh = holder.querySelector("[data-composer]");
     if (!fresh || !this.root.parentNode) { return; }
     this.root.replaceWith(fresh);
