@@ -346,3 +346,41 @@ async def test_files_dropped_on_the_box_are_attached_or_refused_with_a_reason(de
         "slack cannot carry files: send a link in the text instead."
     )
     await expect(page.locator(".composer-file")).to_have_count(0)
+
+
+async def test_a_window_closing_while_the_agent_writes_turns_to_templates_and_keeps_the_text(
+    desk: Desk,
+) -> None:
+    whatsapp = await make_inbox(
+        desk.db,
+        desk.ada.tenant_id,
+        "twilio_whatsapp",
+        desk.fake,
+        phone_number="+14155238886",
+        templates=WHATSAPP_TEMPLATES,
+    )
+    conversation = await make_conversation(
+        desk.db, desk.ada.tenant_id, whatsapp, last_inbound_ago=timedelta(hours=23)
+    )
+    page = await desk.open_composer(conversation)
+    box = page.get_by_label("Reply", exact=True)
+    await box.fill("Here is what we can do for your order")
+    async with desk.db.transaction() as session:
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation)
+            .values(last_inbound_at=utcnow() - timedelta(hours=25))
+        )
+    await box.press("Control+Enter")
+    template_form = page.locator("#composer-template-form")
+    await expect(template_form).to_be_visible()
+    await expect(template_form.locator("[data-composer-error]")).to_contain_text("your text is kept")
+    assert desk.fake.requests == []
+    # The customer writes again: the reply box is back with the text.
+    async with desk.db.transaction() as session:
+        await session.execute(
+            update(Conversation).where(Conversation.id == conversation).values(last_inbound_at=utcnow())
+        )
+    await page.reload()
+    box = page.get_by_label("Reply", exact=True)
+    await expect(box).to_have_value("Here is what we can do for your order")

@@ -241,7 +241,10 @@
     } catch (error) {
       this.setStatus("");
       this.setError(errorMessage(error));
-      if (error && error.data && error.data.error && error.data.error.code === "outside_reply_window") { this.refresh(); }
+      if (error && error.data && error.data.error && error.data.error.code === "outside_reply_window") {
+        // The window closed while the agent wrote: offer the templates, keep the text in the draft.
+        this.refresh("The 24-hour window closed while you wrote; your text is kept. Send a template, or wait for the customer to write.");
+      }
     } finally {
       this.sending = false;
       this.sendButton.disabled = !note && !this.canReply;
@@ -337,7 +340,7 @@
 
   // The conversation's reply options changed (the window closed or reopened): swap in a fresh
   // composer; the draft comes back from sessionStorage.
-  Composer.prototype.refresh = async function () {
+  Composer.prototype.refresh = async function (message) {
     this.remember();
     let html;
     try {
@@ -351,6 +354,7 @@
     if (!fresh || !this.root.parentNode) { return; }
     this.root.replaceWith(fresh);
     init(fresh);
+    if (message && fresh.composer) { fresh.composer.setError(message); }
   };
 
   Composer.prototype.checkOptions = async function () {
