@@ -39,7 +39,9 @@ from tests.ui.conftest import (
     sign_in,
 )
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+# The browser is what is new here: SQLite for most, both databases for the two main paths.
+on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+on_both = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
@@ -89,6 +91,7 @@ async def desk(
     yield Desk(db, parley_server, browsing, fake_twilio, ada, bob, sms_inbox)
 
 
+@on_both
 async def test_ctrl_enter_sends_the_reply_with_its_attachment_to_twilio(desk: Desk, tmp_path: Path) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
     page = await desk.open_composer(conversation)
@@ -127,6 +130,7 @@ async def test_ctrl_enter_sends_the_reply_with_its_attachment_to_twilio(desk: De
     await expect(page.get_by_label("Reply", exact=True)).to_have_value("")
 
 
+@on_sqlite
 async def test_a_refused_reply_keeps_its_text_and_says_why(desk: Desk) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
     page = await desk.open_composer(conversation)
@@ -139,6 +143,7 @@ async def test_a_refused_reply_keeps_its_text_and_says_why(desk: Desk) -> None:
     assert desk.fake.requests == []
 
 
+@on_both
 async def test_a_note_never_reaches_the_customer_and_rings_the_mentioned_agents_bell(desk: Desk) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
     bob_page = await desk.browsing.signed_in(desk.server, desk.bob, path="/account")
@@ -188,6 +193,7 @@ async def _all_read(desk: Desk, user_id: int) -> bool:
     return await desk.count(Notification, Notification.user_id == user_id, unread) == 0
 
 
+@on_sqlite
 async def test_slash_inserts_a_canned_response_filled_in_for_the_contact(desk: Desk) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox, name="Ann Lee")
     await make_canned(
@@ -217,6 +223,7 @@ async def test_slash_inserts_a_canned_response_filled_in_for_the_contact(desk: D
     assert desk.fake.requests == []
 
 
+@on_sqlite
 async def test_whatsapp_outside_its_window_sends_an_approved_template(desk: Desk) -> None:
     whatsapp = await make_inbox(
         desk.db,
@@ -253,6 +260,7 @@ async def test_whatsapp_outside_its_window_sends_an_approved_template(desk: Desk
     await expect(template_form).to_be_hidden()
 
 
+@on_sqlite
 async def test_inside_the_window_a_countdown_and_the_phone_layout(desk: Desk) -> None:
     whatsapp = await make_inbox(
         desk.db, desk.ada.tenant_id, "twilio_whatsapp", desk.fake, phone_number="+14155238886"
@@ -270,6 +278,7 @@ async def test_inside_the_window_a_countdown_and_the_phone_layout(desk: Desk) ->
     await screenshot(page, "composer-phone")
 
 
+@on_sqlite
 async def test_the_customer_writing_again_reopens_the_window_without_losing_the_draft(desk: Desk) -> None:
     whatsapp = await make_inbox(
         desk.db,
@@ -325,6 +334,7 @@ async def _drop_file(page: Page, name: str, data: bytes, content_type: str) -> N
     await page.dispatch_event("#composer-form", "drop", {"dataTransfer": transfer})
 
 
+@on_sqlite
 async def test_files_dropped_on_the_box_are_attached_or_refused_with_a_reason(desk: Desk) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
     page = await desk.open_composer(conversation)
@@ -348,6 +358,7 @@ async def test_files_dropped_on_the_box_are_attached_or_refused_with_a_reason(de
     await expect(page.locator(".composer-file")).to_have_count(0)
 
 
+@on_sqlite
 async def test_a_window_closing_while_the_agent_writes_turns_to_templates_and_keeps_the_text(
     desk: Desk,
 ) -> None:
