@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -67,6 +67,8 @@ TYPING_PER_SECOND = 5.0
 # A payload bigger than this (a huge label list in `changes`) loses its `changes`; the page refetches.
 MAX_PAYLOAD_CHARS = 4096
 CLOSE_FELL_BEHIND = 4408
+# A socket with this much unsent is not reading: it is closed before the fan-out would wait on it.
+MAX_BUFFERED_BYTES = 32 * 1024
 TYPING_TOPIC = "conversation.typing"
 
 
@@ -178,6 +180,7 @@ class LiveState:
     """The process's live sockets: presence counting, and the replay bounds (tests shorten them)."""
 
     presence: SocketPresence
+    feeds: TenantFeeds
     replay_limit: int = REPLAY_LIMIT
     replay_window: timedelta = REPLAY_WINDOW
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
@@ -248,13 +251,24 @@ def _after(raw: str | None) -> int | None:
 class LiveConnection:
     """One open agent socket."""
 
-    def __init__(self, app: web.Application, ws: web.WebSocketResponse, agent: Agent) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        ws: web.WebSocketResponse,
+        agent: Agent,
+        transport: asyncio.Transport | None,
+    ) -> None:
         self.app = app
         self.db: Database = app[DB]
         self.hub: Hub = app[HUB]
         self.ws = ws
         self.agent = agent
+        self.transport = transport
         self.replayed: set[int] = set()
+        self.catching_up = True
+        self.buffer: list[Mapping[str, Any]] = []
+        self.closing = False
+        self._closer: asyncio.Task[bool] | None = None
         self.typing = TokenBucket(TYPING_BURST, TYPING_PER_SECOND)
         # conversation id -> web chat visitor address ("" for other channels); tenant-checked.
         self._conversations: dict[int, str] = {}
@@ -321,41 +335,57 @@ class LiveConnection:
             return True, []
         return False, [(int(r.id), str(r.topic), r.payload) for r in rows]
 
-    async def pump_events(self, events: Subscription) -> None:
-        """Live outbox events of the tenant, minus those replayed or not for this agent."""
-        async for message in events:
-            if self._fell_behind(events):
-                await self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind")
-                return
-            event_id = message.get("id")
-            if event_id in self.replayed:
-                self.replayed.discard(event_id)
-                continue
-            if self.may_receive(message):
-                await self.ws.send_str(message["frame"])
+    def offer(self, message: Mapping[str, Any]) -> Awaitable[None] | None:
+        """A live event from the tenant's feed: buffered while the replay runs, else sent."""
+        if self.catching_up:
+            self.buffer.append(message)
+            return None
+        return self.deliver(message)
 
-    async def pump_typing(self, typing: Subscription) -> None:
-        """Who is typing in the tenant's conversations (agents and web chat visitors), not oneself."""
-        if not self.agent.may(Permission.READ_CONVERSATIONS):
+    def deliver(self, message: Mapping[str, Any]) -> Awaitable[None] | None:
+        """Send `message` if it is for this agent and was not replayed; None when nothing is to await."""
+        event_id = message.get("id")
+        if event_id is not None and event_id in self.replayed:
+            self.replayed.discard(event_id)
+            return None
+        if self.closing or not self.may_receive(message):
+            return None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return None
+        if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
+            # A page that does not read: drop it rather than hold the whole tenant's fan-out.
+            # It reconnects and catches up from its last event id.
+            self.fell_behind()
+            return None
+        return self.ws.send_str(message["frame"])
+
+    def offer_typing(self, message: Mapping[str, Any], frame: str) -> Awaitable[None] | None:
+        """Someone's typing (not this agent's own), to agents who read conversations."""
+        by = message.get("by") or {}
+        if by.get("type") == "user" and by.get("id") == self.agent.user_id:
+            return None
+        return self.deliver({"id": None, "frame": frame, "to": None, "needs": Permission.READ_CONVERSATIONS})
+
+    async def go_live(self) -> None:
+        """After the replay: send what arrived meanwhile (minus what was replayed), then live."""
+        while self.buffer:
+            pending, self.buffer = self.buffer, []
+            for message in pending:
+                sending = self.deliver(message)
+                if sending is not None:
+                    await sending
+        self.catching_up = False  # no await since the buffer was last seen empty: nothing slips by
+
+    def fell_behind(self) -> None:
+        if self.closing:
             return
-        async for message in typing:
-            if self._fell_behind(typing):
-                await self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind")
-                return
-            by = message.get("by") or {}
-            if by.get("type") == "user" and by.get("id") == self.agent.user_id:
-                continue
-            payload = {k: v for k, v in message.items() if k != "topic"}
-            await self.ws.send_str(
-                _dumps({"type": "event", "id": None, "topic": TYPING_TOPIC, "payload": payload})
-            )
-
-    def _fell_behind(self, subscription: Subscription) -> bool:
-        if not subscription.dropped:
-            return False
+        self.closing = True
         # Lost messages cannot be told apart from none: close, and the page reconnects and catches up.
         logger.warning("live socket of user %s fell behind; closing it", self.agent.user_id)
-        return True
+        self._closer = asyncio.get_running_loop().create_task(
+            self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind")
+        )
 
     async def receive(self, raw: str) -> None:
         """One frame from the page."""
@@ -439,24 +469,22 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
     state = request.app[LIVE]
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_FRAME_BYTES, compress=False)
     await ws.prepare(request)
-    connection = LiveConnection(request.app, ws, agent)
+    transport = request.transport
+    connection = LiveConnection(request.app, ws, agent, transport)
     state.presence.socket_opened(agent.tenant_id, agent.user_id)
     state.sockets.add(ws)
     try:
-        async with _subscribed(request.app[HUB], agent.tenant_id) as (events, typing):
+        # Joined (and the tenant's feed subscribed) before the replay reads the outbox: an event
+        # committed in between arrives live, and is buffered until the replay is sent.
+        await state.feeds.join(connection)
+        try:
             await connection.catch_up(state, after)
-            pumps = [
-                asyncio.create_task(connection.pump_events(events)),
-                asyncio.create_task(connection.pump_typing(typing)),
-            ]
-            try:
-                async for message in ws:
-                    if message.type == WSMsgType.TEXT:
-                        await connection.receive(message.data)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
+            await connection.go_live()
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await connection.receive(message.data)
+        finally:
+            state.feeds.leave(connection)
     except (HubUnavailable, TimeoutError, OSError):
         logger.warning("live socket could not subscribe or send", exc_info=True)
         await ws.close(code=1011, message=b"realtime unavailable")
@@ -466,14 +494,124 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-@contextlib.asynccontextmanager
-async def _subscribed(hub: Hub, tenant_id: int) -> AsyncIterator[tuple[Subscription, Subscription]]:
-    # Subscribed before the replay reads the outbox: an event committed in between arrives live.
-    async with (
-        hub.subscribe(live_topic(tenant_id)) as events,
-        hub.subscribe(typing_topic(tenant_id)) as typing,
-    ):
-        yield events, typing
+class TenantFeed:
+    """The tenant's hub topics, read once per process and fanned out to its agent sockets here.
+
+    One subscription per tenant rather than per socket: each event is decoded once and written to
+    every socket in one loop, with no task or queue per socket.
+    """
+
+    def __init__(self, hub: Hub, tenant_id: int) -> None:
+        self.hub = hub
+        self.tenant_id = tenant_id
+        self.connections: set[LiveConnection] = set()
+        self.ready = asyncio.Event()
+        self.failed: BaseException | None = None
+        self.unsubscribing = False
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            async with (
+                self.hub.subscribe(live_topic(self.tenant_id)) as events,
+                self.hub.subscribe(typing_topic(self.tenant_id)) as typing,
+            ):
+                self.ready.set()
+                await asyncio.gather(self._events(events), self._typing(typing))
+        except (HubUnavailable, TimeoutError, OSError) as e:
+            self.failed = e
+            self.ready.set()
+            raise
+
+    async def _events(self, events: Subscription) -> None:
+        async for message in events:
+            self._check(events)
+            for connection in list(self.connections):
+                sending = connection.offer(message)
+                if sending is not None:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await sending
+
+    async def _typing(self, typing: Subscription) -> None:
+        async for message in typing:
+            self._check(typing)
+            payload = {k: v for k, v in message.items() if k != "topic"}
+            frame = _dumps({"type": "event", "id": None, "topic": TYPING_TOPIC, "payload": payload})
+            for connection in list(self.connections):
+                sending = connection.offer_typing(message, frame)
+                if sending is not None:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await sending
+
+    def _check(self, subscription: Subscription) -> None:
+        if subscription.dropped:  # this process fell behind the hub: every socket starts over
+            subscription.dropped = 0
+            for connection in list(self.connections):
+                connection.fell_behind()
+
+
+class TenantFeeds:
+    """This process's tenant feeds; a feed nobody uses is closed after `linger` seconds."""
+
+    def __init__(self, hub: Hub, *, linger: float = 60.0) -> None:
+        self.hub = hub
+        self.linger = linger
+        self._feeds: dict[int, TenantFeed] = {}
+        self._closing: dict[int, asyncio.Task[None]] = {}
+
+    async def join(self, connection: LiveConnection) -> None:
+        """Add the socket to its tenant's feed, once that feed listens (`HubUnavailable` if it cannot)."""
+        tenant_id = connection.agent.tenant_id
+        closing = self._closing.get(tenant_id)
+        if closing is not None:
+            feed = self._feeds.get(tenant_id)
+            if feed is not None and not feed.unsubscribing:  # still lingering: keep it
+                closing.cancel()
+                del self._closing[tenant_id]
+            else:  # unsubscribing right now: let it finish, then subscribe anew
+                await asyncio.shield(closing)
+        feed = self._feeds.get(tenant_id)
+        if feed is None or feed.failed is not None:
+            feed = self._feeds[tenant_id] = TenantFeed(self.hub, tenant_id)
+        feed.connections.add(connection)
+        try:
+            await asyncio.wait_for(asyncio.shield(feed.ready.wait()), 10)
+        except TimeoutError:
+            feed.connections.discard(connection)
+            raise
+        if feed.failed is not None:
+            feed.connections.discard(connection)
+            raise HubUnavailable(f"could not subscribe: {feed.failed!r}")
+
+    def leave(self, connection: LiveConnection) -> None:
+        tenant_id = connection.agent.tenant_id
+        feed = self._feeds.get(tenant_id)
+        if feed is None:
+            return
+        feed.connections.discard(connection)
+        if not feed.connections and tenant_id not in self._closing:
+            self._closing[tenant_id] = asyncio.get_running_loop().create_task(self._close_later(feed))
+
+    async def _close_later(self, feed: TenantFeed) -> None:
+        try:
+            await asyncio.sleep(self.linger)
+            if feed.connections or self._feeds.get(feed.tenant_id) is not feed:
+                return
+            feed.unsubscribing = True
+            del self._feeds[feed.tenant_id]
+            feed.task.cancel()
+            await asyncio.gather(feed.task, return_exceptions=True)
+        finally:
+            if self._closing.get(feed.tenant_id) is asyncio.current_task():
+                del self._closing[feed.tenant_id]
+
+    async def close(self) -> None:
+        tasks = [*self._closing.values(), *(feed.task for feed in self._feeds.values())]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._feeds.clear()
+        self._closing.clear()
 
 
 def setup_live(app: web.Application, *, presence_grace: float = PRESENCE_GRACE_SECONDS) -> None:
@@ -484,7 +622,7 @@ def setup_live(app: web.Application, *, presence_grace: float = PRESENCE_GRACE_S
         if notifier is not None:
             notifier.notify()
 
-    app[LIVE] = LiveState(SocketPresence(app[DB], grace=presence_grace, notify=wake))
+    app[LIVE] = LiveState(SocketPresence(app[DB], grace=presence_grace, notify=wake), TenantFeeds(app[HUB]))
 
     async def close_sockets(app: web.Application) -> None:
         # Going away: pages reconnect (to another process behind the balancer) and catch up.
@@ -493,6 +631,7 @@ def setup_live(app: web.Application, *, presence_grace: float = PRESENCE_GRACE_S
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
+        await app[LIVE].feeds.close()
         await app[LIVE].presence.close()
 
     app.on_shutdown.append(close_sockets)

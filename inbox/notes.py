@@ -25,7 +25,7 @@ NOTIFICATIONS_READ_TOPIC = "notification.read"
 
 # `@ann` or `@ann.lee+support`: an email's local part, not preceded by a word character (so the
 # `@` inside an email address written in the note is not a mention).
-_HANDLE = re.compile(r"(?<![\w.+-])@([A-Za-z0-9][A-Za-z0-9._%+-]*)")
+_HANDLE = re.compile(r"(?<![\w.+@-])@([A-Za-z0-9][A-Za-z0-9._%+-]*)")
 
 
 def mentioned_handles(body: str) -> set[str]:

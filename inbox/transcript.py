@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_core.models import Contact
 from inbox.lookup import InvalidInput, conversation_with_inbox
 from inbox.models import Message, MessageStatus
+from parley.db import Database
 from parley.mailer import Mailer
 from parley.models import User
 from parley.outbox import emit
@@ -117,20 +118,10 @@ async def build_transcript(
     )
 
 
-async def send_transcript(
-    session: AsyncSession,
-    mailer: Mailer,
-    *,
-    tenant_id: int,
-    user_id: int,
-    conversation_id: int,
-    to: str,
-    include_notes: bool = False,
+async def prepare_transcript(
+    session: AsyncSession, *, tenant_id: int, conversation_id: int, to: str, include_notes: bool = False
 ) -> Transcript:
-    """Mail the transcript to `to`; notes only to a user of the tenant (`InvalidInput` otherwise).
-
-    `parley.mailer.MailNotSent` if the smarthost refuses it.
-    """
+    """The transcript for `to`; notes only for a user of the tenant (`InvalidInput` otherwise)."""
     if include_notes:
         internal = (
             await session.execute(
@@ -143,22 +134,41 @@ async def send_transcript(
                 "include_notes: internal notes are sent only to a user of this workspace; "
                 f"{to} is not one. Send the transcript without notes.",
             )
-    transcript = await build_transcript(
+    return await build_transcript(
         session, tenant_id=tenant_id, conversation_id=conversation_id, include_notes=include_notes
     )
+
+
+async def deliver_transcript(
+    db: Database,
+    mailer: Mailer,
+    transcript: Transcript,
+    *,
+    tenant_id: int,
+    user_id: int,
+    conversation_id: int,
+    to: str,
+    include_notes: bool,
+) -> None:
+    """Mail a prepared transcript, then record `conversation.transcript_sent`.
+
+    Call it outside any transaction: the smarthost may take seconds, and on SQLite an open
+    transaction holds the write lock every webhook waits for. `parley.mailer.MailNotSent` if the
+    smarthost refuses it (nothing is recorded then).
+    """
     await mailer.send(to, transcript.subject, transcript.text, transcript.html)
-    await emit(
-        session,
-        tenant_id,
-        (
-            TRANSCRIPT_SENT_TOPIC,
-            {
-                "conversation_id": conversation_id,
-                "to": to,
-                "include_notes": include_notes,
-                "sent_by": user_id,
-                "messages": transcript.message_count,
-            },
-        ),
-    )
-    return transcript
+    async with db.transaction() as session:
+        await emit(
+            session,
+            tenant_id,
+            (
+                TRANSCRIPT_SENT_TOPIC,
+                {
+                    "conversation_id": conversation_id,
+                    "to": to,
+                    "include_notes": include_notes,
+                    "sent_by": user_id,
+                    "messages": transcript.message_count,
+                },
+            ),
+        )

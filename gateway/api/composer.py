@@ -30,11 +30,11 @@ from gateway.api.permissions import Permission
 from gateway.api.routing import ApiRequest, RouteTable
 from gateway.api.schemas import MessageOut, PageQuery
 from gateway.errors import ApiError, NotFound
-from gateway.keys import MAILER
+from gateway.keys import DB, MAILER, NOTIFIER
 from inbox import canned, notes
 from inbox.lookup import InvalidInput, NotFoundError
 from inbox.reply_options import reply_options
-from inbox.transcript import send_transcript
+from inbox.transcript import deliver_transcript, prepare_transcript
 from parley.mailer import MailNotSent
 
 routes = RouteTable("composer")
@@ -274,10 +274,21 @@ async def email_transcript(
     workspace, else 422 `notes_are_internal`). A refusal by the mail server answers 502 `mail_not_sent`.
     """
     with _translated():
+        transcript = await prepare_transcript(
+            call.session,
+            tenant_id=call.tenant_id,
+            conversation_id=conversation_id,
+            to=body.email,
+            include_notes=body.include_notes,
+        )
+
+    async def deliver() -> None:
+        # After the commit: the transaction (SQLite's write lock) is not held while the smarthost answers.
         try:
-            transcript = await send_transcript(
-                call.session,
+            await deliver_transcript(
+                call.app[DB],
                 call.app[MAILER],
+                transcript,
                 tenant_id=call.tenant_id,
                 user_id=call.principal.user_id,
                 conversation_id=conversation_id,
@@ -288,7 +299,9 @@ async def email_transcript(
             raise ApiError(
                 502, "mail_not_sent", f"The mail server did not take the transcript: {e}"
             ) from None
-    call.notify_after_commit()
+        call.app[NOTIFIER].notify()
+
+    call.after_commit(deliver)
     return TranscriptOut(
         sent_to=body.email, include_notes=body.include_notes, message_count=transcript.message_count
     )

@@ -45,7 +45,7 @@ _PATH_PARAM = re.compile(r"\{(\w+)\}")
 class ApiRequest:
     """One authenticated API call: who is asking, the transaction it runs in, what to do after commit."""
 
-    __slots__ = ("_forget", "_notify", "principal", "request", "session")
+    __slots__ = ("_after", "_forget", "_notify", "principal", "request", "session")
 
     def __init__(self, request: web.Request, principal: Principal, session: AsyncSession) -> None:
         self.request = request
@@ -53,6 +53,7 @@ class ApiRequest:
         self.session = session
         self._notify = False
         self._forget: list[int] = []
+        self._after: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def tenant_id(self) -> int:
@@ -75,11 +76,21 @@ class ApiRequest:
         """Drop the cached channel adapter of an inbox that was created, changed or deleted."""
         self._forget.append(inbox_id)
 
+    def after_commit(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` after the commit, before answering; an ApiError it raises becomes the answer.
+
+        For slow outside calls (sending mail) that must not hold the transaction (on SQLite, the
+        write lock) open while they wait.
+        """
+        self._after.append(step)
+
     async def _after_commit(self) -> None:
         for inbox_id in self._forget:
             await self.app[DIRECTORY].forget(inbox_id)
         if self._notify:
             self.app[NOTIFIER].notify()
+        for step in self._after:
+            await step()
 
 
 @dataclass(frozen=True, slots=True)

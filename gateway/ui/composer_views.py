@@ -6,6 +6,18 @@ through the REST API (`POST /api/v1/conversations/{id}/messages` and `/notes`, t
 `render`), so the checks the API makes (reply window, opt-out, voice) are the ones the page meets;
 this module adds what the API lacks for a browser: file uploads from the agent's machine, the
 workspace's people for `@` suggestions, the notification list as HTML, and the composer alone.
+
+What the thread view and the composer agree on:
+- the page loads `/ui/static/composer.js` and `composer.css` (inboxui's page does when they exist);
+- the composer is `#composer` (`[data-composer]`, `data-conversation-id`); re-fetching the messages
+  (`#messages`) leaves it alone, and re-rendering it is harmless: the draft (text per mode, mode,
+  uploaded files) is kept in `sessionStorage` under `parley:draft:<conversation id>` and restored;
+- after a reply, note or template is accepted, composer.js dispatches `parley:composer-sent` on
+  `document` (`detail`: `conversation_id`, `message`, `note`/`template`) for the thread to refresh;
+- it listens to live.js's `parley:event` (`message.received` / `conversation.updated` with the
+  conversation's `payload.conversation_id`) and `parley:reconnected` to re-check the reply options
+  (WhatsApp's window), swapping itself for `/ui/conversations/{id}/composer` when they changed;
+- while replying it tells other agents through `window.parley.live.typing(conversation_id, on)`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ options and transcripts (through a real SMTP smarthost)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -586,3 +588,31 @@ async def test_transcript_errors(api: Api, smarthost: Smarthost) -> None:
     assert "554" in answer["error"]["message"]
     assert smarthost.received == []
     assert await api.events("conversation.transcript_sent") == []
+
+
+async def test_the_transcript_is_mailed_after_the_commit_so_writers_are_not_held_up(
+    api: Api, smarthost: Smarthost
+) -> None:
+    """While the smarthost takes its time, other writes go through (on SQLite: the lock is free)."""
+    conversation_id = await _conversation_with_history(api)
+    entered, released = threading.Event(), threading.Event()
+    original = smarthost.handler.handle_DATA
+
+    async def slow_data(server: Any, session: Any, envelope: Any) -> str:
+        entered.set()
+        await asyncio.to_thread(released.wait, 60)  # longer than SQLite's busy timeout
+        return await original(server, session, envelope)
+
+    smarthost.handler.handle_DATA = slow_data  # type: ignore[method-assign]
+    mailing = asyncio.create_task(
+        api.call("POST", f"/conversations/{conversation_id}/transcript", body={"email": "ann@example.com"})
+    )
+    await asyncio.to_thread(entered.wait, 30)
+    assert entered.is_set()
+    # The smarthost holds the transcript; a note (a write) still goes through meanwhile.
+    status, _ = await api.call("POST", f"/conversations/{conversation_id}/notes", body={"body": "meanwhile"})
+    assert status == 201 and not mailing.done()
+    released.set()
+    status, sent = await mailing
+    assert status == 200, sent
+    assert len(smarthost.received) == 1

@@ -26,8 +26,8 @@ from sqlalchemy import select, update
 from crm_core.models import ChannelIdentity, Contact
 from gateway.api.permissions import GRANTS
 from gateway.app import create_app
-from gateway.keys import NOTIFIER
-from gateway.live import LIVE, REPLAY_WINDOW, agent_event
+from gateway.keys import HUB, NOTIFIER
+from gateway.live import LIVE, REPLAY_WINDOW, agent_event, live_topic
 from gateway.wiring import Runtime, build_runtime
 from inbox.models import Conversation
 from parley.db import Database, utcnow
@@ -480,3 +480,17 @@ async def test_typing_goes_between_agents_and_web_chat_visitors(world: World) ->
     own = [f for f in await typist.events_until(marker) if f["payload"].get("by", {}).get("type") == "user"]
     assert own == []
     await visitor.ws.close()
+
+
+async def test_an_unused_tenant_feed_is_closed_and_a_later_socket_subscribes_anew(world: World) -> None:
+    feeds, hub = world.app[LIVE].feeds, world.app[HUB]
+    feeds.linger = 0.05
+    socket = await world.open()
+    assert hub.subscriber_count(live_topic(world.acme.tenant_id)) == 1
+    await socket.ws.close()
+    await eventually(lambda: hub.subscriber_count(live_topic(world.acme.tenant_id)) == 0)
+
+    again = await world.open()
+    event = await world.emit(world.acme.tenant_id, "conversation.queued", {"conversation_id": 1})
+    assert [f["id"] for f in await again.events_until(event)] == [event]
+    assert hub.subscriber_count(live_topic(world.acme.tenant_id)) == 1

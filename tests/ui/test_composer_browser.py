@@ -39,7 +39,9 @@ from tests.ui.conftest import (
     sign_in,
 )
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+# The browser is what is new here: SQLite for most, both databases for the two main paths.
+on_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+on_both = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
@@ -89,6 +91,7 @@ async def desk(
     yield Desk(db, parley_server, browsing, fake_twilio, ada, bob, sms_inbox)
 
 
+@on_both
 async def test_ctrl_enter_sends_the_reply_with_its_attachment_to_twilio(desk: Desk, tmp_path: Path) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
     page = await desk.open_composer(conversation)
@@ -127,6 +130,7 @@ async def test_ctrl_enter_sends_the_reply_with_its_attachment_to_twilio(desk: De
     await expect(page.get_by_label("Reply", exact=True)).to_have_value("")
 
 
+@on_sqlite
 async def test_a_refused_reply_keeps_its_text_and_says_why(desk: Desk) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
     page = await desk.open_composer(conversation)
@@ -139,12 +143,14 @@ async def test_a_refused_reply_keeps_its_text_and_says_why(desk: Desk) -> None:
     assert desk.fake.requests == []
 
 
+@on_both
 async def test_a_note_never_reaches_the_customer_and_rings_the_mentioned_agents_bell(desk: Desk) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
     bob_page = await desk.browsing.signed_in(desk.server, desk.bob, path="/account")
     bell = bob_page.get_by_role("button", name="Notifications")
     await expect(bell).to_be_visible()
     await expect(bob_page.locator("[data-bell-count]")).to_be_hidden()
+    await bob_page.wait_for_function("window.parley.live && window.parley.live.connected")
 
     page = await desk.open_composer(conversation)
     await page.get_by_role("tab", name="Private note").click()
@@ -167,11 +173,7 @@ async def test_a_note_never_reaches_the_customer_and_rings_the_mentioned_agents_
     assert await desk.count(OutboxEvent, OutboxEvent.topic == "message.outbound") == 0
     assert await desk.count(Notification, Notification.user_id == desk.bob.user_id) == 1
 
-    # Live: live.js turns the server's event into `parley:event`; the bell refreshes itself.
-    await bob_page.evaluate(
-        """() => document.dispatchEvent(new CustomEvent("parley:event",
-            {detail: {topic: "notification.created", payload: {}, id: 1}}))"""
-    )
+    # Live: Bob's page, open all along, hears of it over /live (live.js) and counts it.
     await expect(bob_page.locator("[data-bell-count]")).to_have_text("1")
     await expect(bell).to_have_attribute("aria-label", "Notifications, 1 unread")
     await bell.click()
@@ -179,6 +181,7 @@ async def test_a_note_never_reaches_the_customer_and_rings_the_mentioned_agents_
     await expect(item).to_contain_text("Ada Lovelace mentioned you on Ann Lee")
     await expect(item).to_contain_text("Refund approved? @bob please check")
     await expect(item).to_have_attribute("href", f"/inbox/c/{conversation}#m{note.id}")
+    await screenshot(bob_page, "composer-bell")
     await item.click()
     await bob_page.wait_for_url(f"**/inbox/c/{conversation}#m{note.id}")
     await eventually(lambda: _all_read(desk, desk.bob.user_id))
@@ -190,6 +193,7 @@ async def _all_read(desk: Desk, user_id: int) -> bool:
     return await desk.count(Notification, Notification.user_id == user_id, unread) == 0
 
 
+@on_sqlite
 async def test_slash_inserts_a_canned_response_filled_in_for_the_contact(desk: Desk) -> None:
     conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox, name="Ann Lee")
     await make_canned(
@@ -219,6 +223,7 @@ async def test_slash_inserts_a_canned_response_filled_in_for_the_contact(desk: D
     assert desk.fake.requests == []
 
 
+@on_sqlite
 async def test_whatsapp_outside_its_window_sends_an_approved_template(desk: Desk) -> None:
     whatsapp = await make_inbox(
         desk.db,
@@ -255,6 +260,7 @@ async def test_whatsapp_outside_its_window_sends_an_approved_template(desk: Desk
     await expect(template_form).to_be_hidden()
 
 
+@on_sqlite
 async def test_inside_the_window_a_countdown_and_the_phone_layout(desk: Desk) -> None:
     whatsapp = await make_inbox(
         desk.db, desk.ada.tenant_id, "twilio_whatsapp", desk.fake, phone_number="+14155238886"
@@ -272,6 +278,7 @@ async def test_inside_the_window_a_countdown_and_the_phone_layout(desk: Desk) ->
     await screenshot(page, "composer-phone")
 
 
+@on_sqlite
 async def test_the_customer_writing_again_reopens_the_window_without_losing_the_draft(desk: Desk) -> None:
     whatsapp = await make_inbox(
         desk.db,
@@ -311,3 +318,80 @@ async def test_the_customer_writing_again_reopens_the_window_without_losing_the_
     await box.press("Control+Enter")
     await eventually(lambda: len(desk.fake.requests) == 1)
     assert desk.fake.requests[0]["Body"] == ["Thanks for writing back!"]
+
+
+async def _drop_file(page: Page, name: str, data: bytes, content_type: str) -> None:
+    """Drop a file on the composer as a desktop drag would (a DataTransfer holding a File)."""
+    transfer = await page.evaluate_handle(
+        """([name, bytes, type]) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], name, {type}));
+            return transfer;
+        }""",
+        [name, list(data), content_type],
+    )
+    await page.dispatch_event("#composer-form", "dragover", {"dataTransfer": transfer})
+    await page.dispatch_event("#composer-form", "drop", {"dataTransfer": transfer})
+
+
+@on_sqlite
+async def test_files_dropped_on_the_box_are_attached_or_refused_with_a_reason(desk: Desk) -> None:
+    conversation = await make_conversation(desk.db, desk.ada.tenant_id, desk.sms_inbox)
+    page = await desk.open_composer(conversation)
+    # Declared a PNG by the browser, it is text: attached as what its bytes are.
+    await _drop_file(page, "notes.png", b"order A-1001: two boxes", "image/png")
+    await expect(page.locator(".composer-file")).to_contain_text("notes.png · text/plain")
+    await page.get_by_role("button", name="Remove notes.png").click()
+    await expect(page.locator(".composer-file")).to_have_count(0)
+
+    slack = await make_inbox(desk.db, desk.ada.tenant_id, "slack")
+    in_slack = await make_conversation(
+        desk.db, desk.ada.tenant_id, slack, kind="slack", address="U123", phone="+14155550144"
+    )
+    await page.goto(f"{desk.server.url}/compose/{in_slack}")
+    await expect(page.locator("#composer[data-composer-ready]")).to_be_attached()
+    await expect(page.locator("#composer-form")).to_contain_text("slack carries no files.")
+    await _drop_file(page, "label.png", PNG, "image/png")
+    await expect(page.locator("#composer-form [data-composer-error]")).to_have_text(
+        "slack cannot carry files: send a link in the text instead."
+    )
+    await expect(page.locator(".composer-file")).to_have_count(0)
+
+
+@on_sqlite
+async def test_a_window_closing_while_the_agent_writes_turns_to_templates_and_keeps_the_text(
+    desk: Desk,
+) -> None:
+    whatsapp = await make_inbox(
+        desk.db,
+        desk.ada.tenant_id,
+        "twilio_whatsapp",
+        desk.fake,
+        phone_number="+14155238886",
+        templates=WHATSAPP_TEMPLATES,
+    )
+    conversation = await make_conversation(
+        desk.db, desk.ada.tenant_id, whatsapp, last_inbound_ago=timedelta(hours=23)
+    )
+    page = await desk.open_composer(conversation)
+    box = page.get_by_label("Reply", exact=True)
+    await box.fill("Here is what we can do for your order")
+    async with desk.db.transaction() as session:
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == conversation)
+            .values(last_inbound_at=utcnow() - timedelta(hours=25))
+        )
+    await box.press("Control+Enter")
+    template_form = page.locator("#composer-template-form")
+    await expect(template_form).to_be_visible()
+    await expect(template_form.locator("[data-composer-error]")).to_contain_text("your text is kept")
+    assert desk.fake.requests == []
+    # The customer writes again: the reply box is back with the text.
+    async with desk.db.transaction() as session:
+        await session.execute(
+            update(Conversation).where(Conversation.id == conversation).values(last_inbound_at=utcnow())
+        )
+    await page.reload()
+    box = page.get_by_label("Reply", exact=True)
+    await expect(box).to_have_value("Here is what we can do for your order")

@@ -19,8 +19,10 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
+from crm_core.consent import record_consent
 from gateway.app import create_app
 from gateway.ui.composer_views import sniff_content_type
+from inbox.models import Conversation
 from parley.db import Database
 from parley.models import OutboxEvent, Role
 from parley.settings import Settings
@@ -202,6 +204,28 @@ async def test_a_phone_line_explains_that_only_notes_are_possible(workspace: Wor
     assert attribute(page, "data-mode") == "note"
     assert "cannot carry a written reply" in page and "A private note still works." in page
     assert "carries no files" in page
+
+
+async def test_an_opted_out_contact_cannot_be_replied_to_but_notes_work(workspace: Workspace) -> None:
+    async with workspace.db.transaction() as session:
+        contact_id = (
+            await session.execute(
+                select(Conversation.contact_id).where(Conversation.id == workspace.sms_conversation)
+            )
+        ).scalar_one()
+        await record_consent(
+            session,
+            tenant_id=workspace.admin.tenant_id,
+            contact_id=contact_id,
+            channel="sms",
+            granted=False,
+            source="test",
+        )
+    status, page = await workspace.get(f"/ui/conversations/{workspace.sms_conversation}/composer")
+    assert status == 200
+    assert attribute(page, "data-can-reply") == "false"
+    assert attribute(page, "data-template-mode") == "false"
+    assert "opted out of sms messages" in page and "A private note still works." in page
 
 
 async def test_another_tenants_conversation_is_not_found_and_roles_are_checked(

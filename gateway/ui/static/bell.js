@@ -3,6 +3,7 @@
 // followed, and kept current by live.js's `notification.*` events.
 (function () {
   "use strict";
+  if (window.parley && window.parley.bell) { return; }
 
   function Bell(root) {
     this.root = root;
@@ -44,11 +45,17 @@
     if (this.open) { await this.load(); }
   };
 
+  // Never throws: a fetch cut short (the page navigating away, the network gone) just leaves the list.
   Bell.prototype.load = async function () {
-    const response = await fetch("/ui/notifications", { credentials: "same-origin", headers: { "HX-Request": "true" } });
+    let response;
+    try {
+      response = await fetch("/ui/notifications", { credentials: "same-origin", headers: { "HX-Request": "true" } });
+    } catch (e) { return; }
     if (!response.ok) { return; }
     // Server-rendered with autoescaping: names and note text arrive as text, never markup.
-    this.panel.innerHTML = await response.text();
+    let html;
+    try { html = await response.text(); } catch (e) { return; }
+    this.panel.innerHTML = html;
     const list = this.panel.querySelector("[data-unread-count]");
     if (list) { this.setCount(parseInt(list.dataset.unreadCount, 10) || 0); }
   };
@@ -73,7 +80,7 @@
     const readAll = event.target.closest("[data-bell-read-all]");
     if (readAll) {
       event.preventDefault();
-      await window.parley.api("POST", "/api/v1/notifications/read-all");
+      try { await window.parley.api("POST", "/api/v1/notifications/read-all"); } catch (e) { return; }
       await this.load();
       return;
     }
@@ -82,12 +89,13 @@
     event.preventDefault();
     try {
       await window.parley.api("POST", "/api/v1/notifications/" + link.dataset.notificationId + "/read");
-    } finally {
-      window.location.assign(link.getAttribute("href"));
-    }
+    } catch (e) { /* still go there: it stays unread */ }
+    window.location.assign(link.getAttribute("href"));
   };
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-bell]").forEach(function (root) { root.bell = new Bell(root); });
   });
+  window.parley = window.parley || {};
+  window.parley.bell = true;
 })();

@@ -7,6 +7,7 @@
 // "@" in a note opens the workspace's people; arrows + Enter (or Tab) pick, Escape closes.
 (function () {
   "use strict";
+  if (window.parley && window.parley.composer) { return; } // loaded twice: once is enough
 
   const DRAFT_PREFIX = "parley:draft:";
   const MAX_SUGGESTIONS = 8;
@@ -85,7 +86,7 @@
     this.root.querySelectorAll("[data-composer-mode]").forEach(function (tab) {
       tab.addEventListener("click", function () { self.setMode(tab.dataset.composerMode); self.text.focus(); });
     });
-    this.text.addEventListener("input", function () { self.remember(); self.updateSuggestions(); });
+    this.text.addEventListener("input", function () { self.remember(); self.updateSuggestions(); self.typing(true); });
     this.text.addEventListener("keydown", function (event) { self.onKey(event); });
     this.text.addEventListener("blur", function () { window.setTimeout(function () { self.closeSuggestions(); }, 150); });
     this.form.addEventListener("submit", function (event) { event.preventDefault(); self.send(); });
@@ -120,6 +121,14 @@
         if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) { event.preventDefault(); self.sendTemplate(); }
       });
     }
+  };
+
+  // Other agents (and a web chat visitor) see "typing…" through live.js's socket (it throttles).
+  Composer.prototype.typing = function (on) {
+    const live = window.parley && window.parley.live;
+    if (!live || typeof live.typing !== "function") { return; }
+    if (on && this.mode !== "reply") { return; }
+    try { live.typing(Number(this.id), on); } catch (e) { /* offline: nothing to tell */ }
   };
 
   Composer.prototype.remember = function () {
@@ -221,6 +230,7 @@
           attachments: files.map(function (f) { return { url: f.url, content_type: f.content_type }; })
         });
       }
+      if (!note) { this.typing(false); }
       this.text.value = "";
       this.draft[this.mode] = "";
       if (!note) { this.draft.files = []; }
@@ -231,7 +241,10 @@
     } catch (error) {
       this.setStatus("");
       this.setError(errorMessage(error));
-      if (error && error.data && error.data.error && error.data.error.code === "outside_reply_window") { this.refresh(); }
+      if (error && error.data && error.data.error && error.data.error.code === "outside_reply_window") {
+        // The window closed while the agent wrote: offer the templates, keep the text in the draft.
+        this.refresh("The 24-hour window closed while you wrote; your text is kept. Send a template, or wait for the customer to write.");
+      }
     } finally {
       this.sending = false;
       this.sendButton.disabled = !note && !this.canReply;
@@ -327,16 +340,21 @@
 
   // The conversation's reply options changed (the window closed or reopened): swap in a fresh
   // composer; the draft comes back from sessionStorage.
-  Composer.prototype.refresh = async function () {
+  Composer.prototype.refresh = async function (message) {
     this.remember();
-    const response = await fetch("/ui/conversations/" + this.id + "/composer", { credentials: "same-origin", headers: { "HX-Request": "true" } });
-    if (!response.ok) { return; }
+    let html;
+    try {
+      const response = await fetch("/ui/conversations/" + this.id + "/composer", { credentials: "same-origin", headers: { "HX-Request": "true" } });
+      if (!response.ok) { return; }
+      html = await response.text();
+    } catch (e) { return; } // offline or leaving: the next event or reconnect tries again
     const holder = document.createElement("div");
-    holder.innerHTML = await response.text();
+    holder.innerHTML = html;
     const fresh = holder.querySelector("[data-composer]");
     if (!fresh || !this.root.parentNode) { return; }
     this.root.replaceWith(fresh);
     init(fresh);
+    if (message && fresh.composer) { fresh.composer.setError(message); }
   };
 
   Composer.prototype.checkOptions = async function () {
