@@ -15,6 +15,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.ui.account_views import setup_account_routes
+from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.web import security_headers
@@ -51,3 +52,4 @@ def setup_ui(app: web.Application) -> None:
     setup_auth_routes(app)
     setup_account_routes(app)
     setup_contact_routes(app)
+    setup_admin_routes(app)
