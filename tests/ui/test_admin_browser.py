@@ -117,6 +117,18 @@ async def test_an_admin_adds_a_user_changes_roles_and_cannot_remove_the_last_adm
     await page.reload()
     await screenshot(page, "admin-users")
 
+    # Deactivating signs the user out: unticking "may sign in" and saving.
+    row = page.locator('tr[data-user="new.agent@acme.example.com"]')
+    await row.get_by_label("new.agent@acme.example.com may sign in").uncheck()
+    await row.get_by_role("button", name="Save").click()
+    await expect(page.locator("#admin-flash")).to_have_text("Saved new.agent@acme.example.com.")
+    await expect(page.locator('tr[data-user="new.agent@acme.example.com"]')).to_have_class("inactive")
+    async with db.sessionmaker() as session:
+        user = (
+            await session.execute(select(User).where(User.email == "new.agent@acme.example.com"))
+        ).scalar_one()
+    assert user.active is False
+
 
 async def test_a_supervisor_builds_a_team_and_sets_an_agents_profile(
     db: Database, parley_server: ParleyServer, browsing: Browsing
