@@ -15,6 +15,7 @@ import jinja2
 from aiohttp import web
 
 from gateway.ui.account_views import setup_account_routes
+from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
@@ -55,3 +56,4 @@ def setup_ui(app: web.Application) -> None:
     setup_contact_routes(app)
     setup_inbox_routes(app)
     setup_composer_routes(app)
+    setup_admin_routes(app)

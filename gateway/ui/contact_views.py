@@ -409,14 +409,30 @@ async def contacts_list(ui: Ui) -> web.StreamResponse:
     """Contacts, newest first, with a search box (name, email or phone; a whole address finds its owner)."""
     q = ui.request.query.get("q", "").strip()[:200]
     cursor = ui.request.query.get("cursor") or None
+    raw_company = ui.request.query.get("company_id", "")
+    company = None
+    if raw_company.isascii() and raw_company.isdigit() and len(raw_company) <= 18:
+        company = (
+            await ui.session.execute(
+                select(Company).where(Company.id == int(raw_company), Company.tenant_id == ui.tenant_id)
+            )
+        ).scalar_one_or_none()
     error = None
     rows: Sequence[Contact] = []
     next_cursor = None
     try:
-        query = ContactQuery(q=q or None, cursor=cursor, limit=PAGE_SIZE)
+        if raw_company and company is None:
+            raise ApiError(404, "not_found", "company not found")
+        query = ContactQuery(
+            q=q or None, cursor=cursor, limit=PAGE_SIZE, company_id=company.id if company else None
+        )
         rows, next_cursor = await search_contacts(ui.session, ui.tenant_id, query)
     except (ValidationError, ApiError, _InvalidRequest):
-        error = "That page of results is no longer valid; start the search again."
+        error = (
+            "There is no such company."
+            if raw_company and company is None
+            else "That page of results is no longer valid; start the search again."
+        )
     companies: dict[int, str] = {}
     company_ids = {c.company_id for c in rows if c.company_id is not None}
     if company_ids:
@@ -428,6 +444,7 @@ async def contacts_list(ui: Ui) -> web.StreamResponse:
         companies = {company_id: name for company_id, name in found.all()}
     context = {
         "q": q,
+        "company": company,
         "contacts": [
             {
                 "id": c.id,

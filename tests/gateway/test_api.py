@@ -815,12 +815,17 @@ async def test_contacts_search_and_patch(api: Api) -> None:
     assert ("email", "carla@example.com") in [(i["kind"], i["address"]) for i in detail["identities"]]
     status, body = await api.call("PATCH", path, body={"email": "ann@example.com"})
     assert (status, body["error"]["code"]) == (409, "conflict")
-    status, body = await api.call("PATCH", path, body={"phone": "+14155550199"})
+    status, body = await api.call("PATCH", path, body={"phone": "12"})
     assert (status, body["error"]["details"][0]["field"]) == (422, "body.phone")
     assert [e["changed"] for e in await api.events("contact.updated")] == [
         ["attributes"],
         ["name", "email", "attributes"],
     ]
+    # A new phone (national numbers read in `region`) is stored as E.164 and becomes an identity.
+    status, body = await api.call("PATCH", path, body={"phone": "020 7946 0111", "region": "GB"})
+    assert (status, body["phone"]) == (200, "+442079460111"), body
+    status, detail = await api.call("GET", path)
+    assert ("phone", "+442079460111") in [(i["kind"], i["address"]) for i in detail["identities"]]
 
 
 # --- the OpenAPI document -----------------------------------------------------------------------

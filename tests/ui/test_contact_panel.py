@@ -351,3 +351,16 @@ async def test_the_list_searches_and_pages(world: World) -> None:
     assert "No contact matches" in nothing.texts()
     broken = await world.ui.get(world.admin, "/contacts?cursor=garbage")
     assert broken.status == 400
+
+
+async def test_the_company_link_lists_the_companys_contacts(world: World) -> None:
+    panel = await world.ui.get(world.admin, f"/contacts/{world.contact_id}")
+    link = panel.text.split('class="company-link"')[0].rsplit('href="', 1)[1].split('"', 1)[0]
+    assert link.startswith("/contacts?company_id=")
+    page = await world.ui.get(world.admin, link)
+    assert page.status == 200
+    assert "Contacts at Initech" in page.texts()
+    assert "Ann" in page.texts() and "Bob" not in page.texts()
+    stranger = await world.ui.person(Role.ADMIN, tenant="globex")
+    hidden = await world.ui.get(stranger, link)
+    assert hidden.status == 400 and "Initech" not in hidden.text and "Ann" not in hidden.text
