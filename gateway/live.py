@@ -49,7 +49,7 @@ from parley.auth import authenticate_token
 from parley.db import Database, utcnow
 from parley.models import OutboxEvent, Role, User
 from parley.outbox import Event, Handler, RetryLater
-from parley.realtime import Hub, HubUnavailable, Subscription
+from parley.realtime import Hub, HubUnavailable, LocalHub, Subscription
 from routing.presence import SocketPresence
 
 logger = logging.getLogger(__name__)
@@ -159,11 +159,14 @@ class LivePublisher:
     async def publish(self, event: Event) -> None:
         if event.tenant_id is None:
             return
+        topic = live_topic(event.tenant_id)
+        if isinstance(self.hub, LocalHub) and not self.hub.subscriber_count(topic):
+            return  # nobody of the tenant is connected to this (only) process
         pushed = agent_event(event.id, event.topic, event.payload)
         if pushed is None:
             return
         try:
-            await self.hub.publish(live_topic(event.tenant_id), pushed.as_message())
+            await self.hub.publish(topic, pushed.as_message())
         except HubUnavailable as e:
             # Late is better than never: open pages would otherwise miss it until they reconnect.
             raise RetryLater(str(e), delay=1.0) from e
