@@ -77,6 +77,15 @@ class ParsedQuery:
         return last.words[-1] if last is not None and last.prefix else None
 
 
+def whole_words(parsed: ParsedQuery) -> ParsedQuery:
+    """`parsed` with its last word matching whole words only."""
+    if parsed.prefix_word is None:
+        return parsed
+    last = parsed.groups[-1][-1]
+    groups = (*parsed.groups[:-1], (*parsed.groups[-1][:-1], Clause(last.words, negated=last.negated)))
+    return ParsedQuery(parsed.text, groups)
+
+
 def parse_query(query: str) -> ParsedQuery:
     """Read the search box like web search engines do: `"a phrase"`, `-without`, `this or that`.
 
@@ -296,12 +305,24 @@ def _params(dialect: str, parsed: ParsedQuery) -> dict[str, Any]:
 async def search_messages(
     session: AsyncSession, tenant_id: int, parsed: ParsedQuery, *, limit: int
 ) -> list[MessageHit]:
-    """The tenant's messages matching `parsed`, best first, then newest."""
+    """The tenant's messages matching `parsed`: whole-word matches of the last word first, then
+    those where it only starts a word; each best first, then newest."""
     dialect = session.get_bind().dialect.name
     sql = POSTGRESQL_MESSAGES if dialect == "postgresql" else SQLITE_MESSAGES
     stmt = text(sql).columns(created_at=UTCDateTime(timezone=True))
-    params = {"tenant_id": tenant_id, "limit": limit, **_params(dialect, parsed)}
-    rows = (await session.execute(stmt, params)).mappings().all()
+
+    async def fetch(query: ParsedQuery, count: int) -> Sequence[Any]:
+        params = {"tenant_id": tenant_id, "limit": count, **_params(dialect, query)}
+        return (await session.execute(stmt, params)).mappings().all()
+
+    # A prefix of a common word ("thanks":*) makes the index read that word's matches in every
+    # tenant, 30-60 ms at a million messages; the whole word is found with the tenant's alone. So the
+    # whole word first, and the prefix only when that does not fill the page (bench/inbox.py).
+    rows = list(await fetch(whole_words(parsed), limit))
+    if parsed.prefix_word is not None and len(rows) < limit:
+        seen = {row["message_id"] for row in rows}
+        more = await fetch(parsed, limit + len(seen))
+        rows += [row for row in more if row["message_id"] not in seen][: limit - len(rows)]
     hits = []
     for row in rows:
         snippet, highlights = make_snippet(row["body"] or "", parsed)

@@ -137,6 +137,19 @@ async def test_ranking_puts_the_better_match_first_then_the_newest(db: Database)
     assert await message_ids(db, s.tenant_id, "parcel arrived") == [newer, older]
 
 
+async def test_whole_words_come_before_words_the_last_word_only_starts(db: Database) -> None:
+    s = await seed(db, "acme")
+    longer = await add_message(db, s, "invoices invoices invoices, all my invoices", minutes_ago=1)
+    whole = await add_message(db, s, "one invoice, sent weeks ago", minutes_ago=60)
+    assert await message_ids(db, s.tenant_id, "invoice") == [whole, longer]
+    async with db.transaction() as session:
+        found = await search(session, s.tenant_id, "invoice", kinds={"messages"}, limit=1)
+    assert [hit.message_id for hit in found.messages] == [whole]
+    # Fewer whole-word matches than the limit: the page is filled up with prefix matches, once each.
+    assert await message_ids(db, s.tenant_id, "invoices") == [longer]
+    assert await message_ids(db, s.tenant_id, "invoic") == [longer, whole]
+
+
 @pytest.mark.parametrize(
     "hostile",
     [
