@@ -328,6 +328,57 @@ def display_name(name: str | None, email: str | None, phone: str | None, contact
     return name or email or phone or f"Contact #{contact_id}"
 
 
+def page_query(
+    *,
+    tenant_id: int,
+    user_id: int,
+    view: View = "all",
+    filters: ConversationFilters | None = None,
+    sort: Sort = "newest",
+    limit: int = 50,
+    after: Sequence[Any] | None = None,
+) -> Select[Any]:
+    """A page's query, one row more than `limit` (is there a next page?), after the sort values `after`.
+
+    The page is chosen on `conversations` alone and only its rows are joined to contacts, inboxes
+    and users: sorting a tenant's whole history must not drag every contact along.
+    """
+    keys = _sort_keys(sort)
+    chosen = select(
+        Conversation.id.label("id"), *(key.expression.label(f"sort_{i}") for i, key in enumerate(keys))
+    )
+    chosen = chosen.where(*filter_clauses(tenant_id, user_id, view, filters or ConversationFilters()))
+    if after is not None:
+        chosen = chosen.where(_after(keys, after))
+    order = [key.expression.desc() if key.descending else key.expression.asc() for key in keys]
+    page = chosen.order_by(*order).limit(limit + 1).subquery("page")
+    sort_columns = [page.c[f"sort_{i}"] for i in range(len(keys))]
+    return (
+        select(
+            Conversation,
+            Contact.name,
+            Contact.email,
+            Contact.phone,
+            Inbox.name.label("inbox_name"),
+            Inbox.channel,
+            User.name.label("assignee_name"),
+            User.email.label("assignee_email"),
+            waiting_since_expression().label("waiting_since"),
+            *sort_columns,
+        )
+        .join(page, page.c.id == Conversation.id)
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .join(Inbox, Inbox.id == Conversation.inbox_id)
+        .outerjoin(User, User.id == Conversation.assignee_id)
+        .order_by(
+            *(
+                column.desc() if key.descending else column.asc()
+                for column, key in zip(sort_columns, keys, strict=True)
+            )
+        )
+    )
+
+
 async def list_conversations(
     session: AsyncSession,
     *,
@@ -349,29 +400,11 @@ async def list_conversations(
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}")
     keys = _sort_keys(sort)
-    waiting = waiting_since_expression().label("waiting_since")
-    stmt = (
-        select(
-            Conversation,
-            Contact.name,
-            Contact.email,
-            Contact.phone,
-            Inbox.name.label("inbox_name"),
-            Inbox.channel,
-            User.name.label("assignee_name"),
-            User.email.label("assignee_email"),
-            waiting,
-            *(key.expression.label(f"sort_{i}") for i, key in enumerate(keys)),
-        )
-        .join(Contact, Contact.id == Conversation.contact_id)
-        .join(Inbox, Inbox.id == Conversation.inbox_id)
-        .outerjoin(User, User.id == Conversation.assignee_id)
-        .where(*filter_clauses(tenant_id, user_id, view, filters or ConversationFilters()))
+    after = None if cursor is None else _decode_cursor(cursor, sort, keys)
+    stmt = page_query(
+        tenant_id=tenant_id, user_id=user_id, view=view, filters=filters, sort=sort, limit=limit, after=after
     )
-    if cursor is not None:
-        stmt = stmt.where(_after(keys, _decode_cursor(cursor, sort, keys)))
-    order = [key.expression.desc() if key.descending else key.expression.asc() for key in keys]
-    found = (await session.execute(stmt.order_by(*order).limit(limit + 1))).all()
+    found = (await session.execute(stmt)).all()
     next_cursor = None
     if len(found) > limit:
         found = found[:limit]
