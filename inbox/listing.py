@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -193,13 +193,15 @@ def _decode_cursor(cursor: str, sort: Sort, keys: Sequence[_Key]) -> list[Any]:
 
 
 def _after(keys: Sequence[_Key], values: Sequence[Any]) -> ColumnElement[bool]:
-    """Rows after `values` in the order of `keys` (lexicographic, each key up or down)."""
-    alternatives = []
-    for i, key in enumerate(keys):
-        equal_before = [keys[j].expression == values[j] for j in range(i)]
-        beyond = key.expression < values[i] if key.descending else key.expression > values[i]
-        alternatives.append(and_(*equal_before, beyond))
-    return or_(*alternatives)
+    """Rows after `values` in the order of `keys`, as one row comparison (which an index can serve).
+
+    Every sort's keys go the same way (all down or all up), so `(a, b) < (x, y)` says it.
+    """
+    descending = {key.descending for key in keys}
+    assert len(descending) == 1, "a row comparison needs every key sorted the same way"
+    row = tuple_(*(key.expression for key in keys))
+    bound = tuple_(*(literal(value, key.expression.type) for key, value in zip(keys, values, strict=True)))
+    return row < bound if descending.pop() else row > bound
 
 
 def filter_clauses(
@@ -307,25 +309,103 @@ def preview(
     return text if len(text) <= length else text[: length - 1].rstrip() + "…"
 
 
-async def _last_messages(session: AsyncSession, conversation_ids: Sequence[int]) -> dict[int, str]:
-    if not conversation_ids:
+async def _previews(session: AsyncSession, message_ids: Sequence[int]) -> dict[int, str]:
+    """Each message's preview, by conversation (primary key lookups)."""
+    if not message_ids:
         return {}
-    newest = (
-        select(func.max(Message.id))
-        .where(Message.conversation_id.in_(conversation_ids))
-        .group_by(Message.conversation_id)
-    )
     rows = await session.execute(
         select(Message.conversation_id, Message.body, Message.attachments, Message.extra).where(
-            Message.id.in_(newest)
+            Message.id.in_(message_ids)
         )
     )
     return {row.conversation_id: preview(row.body, row.attachments or [], row.extra or {}) for row in rows}
 
 
+def _last_message_id() -> ColumnElement[int | None]:
+    return (
+        select(func.max(Message.id))
+        .where(Message.conversation_id == Conversation.id)
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
+
+
+def _unread_count(user_id: int) -> ColumnElement[int]:
+    mark = (
+        select(ConversationRead.last_read_message_id)
+        .where(ConversationRead.user_id == user_id, ConversationRead.conversation_id == Conversation.id)
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
+    return (
+        select(func.count())
+        .select_from(Message)
+        .where(
+            Message.conversation_id == Conversation.id, _is_customer(), Message.id > func.coalesce(mark, 0)
+        )
+        .correlate(Conversation)
+        .scalar_subquery()
+    )
+
+
 def display_name(name: str | None, email: str | None, phone: str | None, contact_id: int) -> str:
     """What the list calls a contact: the name, else an address, else their number in Parley."""
     return name or email or phone or f"Contact #{contact_id}"
+
+
+def page_query(
+    *,
+    tenant_id: int,
+    user_id: int,
+    view: View = "all",
+    filters: ConversationFilters | None = None,
+    sort: Sort = "newest",
+    limit: int = 50,
+    after: Sequence[Any] | None = None,
+) -> Select[Any]:
+    """A page's query, one row more than `limit` (is there a next page?), after the sort values `after`.
+
+    The page is chosen on `conversations` alone and only its rows are joined to contacts, inboxes
+    and users: sorting a tenant's whole history must not drag every contact along.
+    """
+    keys = _sort_keys(sort)
+    chosen = select(
+        Conversation.id.label("id"), *(key.expression.label(f"sort_{i}") for i, key in enumerate(keys))
+    )
+    chosen = chosen.where(*filter_clauses(tenant_id, user_id, view, filters or ConversationFilters()))
+    if after is not None:
+        chosen = chosen.where(_after(keys, after))
+    order = [key.expression.desc() if key.descending else key.expression.asc() for key in keys]
+    page = chosen.order_by(*order).limit(limit + 1).subquery("page")
+    sort_columns = [page.c[f"sort_{i}"] for i in range(len(keys))]
+    columns: list[Any] = [
+        Conversation,
+        Contact.name,
+        Contact.email,
+        Contact.phone,
+        Inbox.name.label("inbox_name"),
+        Inbox.channel,
+        User.name.label("assignee_name"),
+        User.email.label("assignee_email"),
+        waiting_since_expression().label("waiting_since"),
+        # Correlated, so computed for the page's rows only, each an index range scan.
+        _last_message_id().label("last_message_id"),
+        _unread_count(user_id).label("unread_count"),
+        *sort_columns,
+    ]
+    return (
+        select(*columns)
+        .join(page, page.c.id == Conversation.id)
+        .join(Contact, Contact.id == Conversation.contact_id)
+        .join(Inbox, Inbox.id == Conversation.inbox_id)
+        .outerjoin(User, User.id == Conversation.assignee_id)
+        .order_by(
+            *(
+                column.desc() if key.descending else column.asc()
+                for column, key in zip(sort_columns, keys, strict=True)
+            )
+        )
+    )
 
 
 async def list_conversations(
@@ -349,37 +429,20 @@ async def list_conversations(
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}")
     keys = _sort_keys(sort)
-    waiting = waiting_since_expression().label("waiting_since")
-    stmt = (
-        select(
-            Conversation,
-            Contact.name,
-            Contact.email,
-            Contact.phone,
-            Inbox.name.label("inbox_name"),
-            Inbox.channel,
-            User.name.label("assignee_name"),
-            User.email.label("assignee_email"),
-            waiting,
-            *(key.expression.label(f"sort_{i}") for i, key in enumerate(keys)),
-        )
-        .join(Contact, Contact.id == Conversation.contact_id)
-        .join(Inbox, Inbox.id == Conversation.inbox_id)
-        .outerjoin(User, User.id == Conversation.assignee_id)
-        .where(*filter_clauses(tenant_id, user_id, view, filters or ConversationFilters()))
+    after = None if cursor is None else _decode_cursor(cursor, sort, keys)
+    stmt = page_query(
+        tenant_id=tenant_id, user_id=user_id, view=view, filters=filters, sort=sort, limit=limit, after=after
     )
-    if cursor is not None:
-        stmt = stmt.where(_after(keys, _decode_cursor(cursor, sort, keys)))
-    order = [key.expression.desc() if key.descending else key.expression.asc() for key in keys]
-    found = (await session.execute(stmt.order_by(*order).limit(limit + 1))).all()
+    found = (await session.execute(stmt)).all()
     next_cursor = None
     if len(found) > limit:
         found = found[:limit]
         last = found[-1]
         next_cursor = _encode_cursor(sort, [getattr(last, f"sort_{i}") for i in range(len(keys))])
     ids = [row.Conversation.id for row in found]
-    previews = await _last_messages(session, ids)
-    unread = await unread_counts(session, user_id, ids)
+    previews = await _previews(
+        session, [row.last_message_id for row in found if row.last_message_id is not None]
+    )
     labels = await labels_of(session, ids)
     return ConversationPage(
         [
@@ -392,7 +455,7 @@ async def list_conversations(
                 last_message_preview=previews.get(row.Conversation.id, ""),
                 last_message_at=row.Conversation.last_message_at,
                 labels=[LabelTag(label.id, label.name, label.color) for label in labels[row.Conversation.id]],
-                unread_count=unread[row.Conversation.id],
+                unread_count=int(row.unread_count or 0),
                 waiting_since=row.waiting_since,
             )
             for row in found

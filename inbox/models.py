@@ -107,8 +107,15 @@ class Conversation(Base):
         ),
         Index("ix_conversations_tenant_id_status_id", "tenant_id", "status", "id"),
         Index("ix_conversations_tenant_id_assignee_id", "tenant_id", "assignee_id"),
-        # The agents' list: a status tab sorted by the last message.
-        Index("ix_conversations_tenant_id_status_last_message_at", "tenant_id", "status", "last_message_at"),
+        # The agents' list: a status tab, newest activity first (`inbox.listing`'s `newest` sort key),
+        # read in order and stopped after a page instead of sorting every open conversation.
+        Index(
+            "ix_conversations_list_newest",
+            "tenant_id",
+            "status",
+            text("coalesce(last_message_at, created_at) DESC"),
+            text("id DESC"),
+        ),
         # The snooze sweep reads only what is snoozed with a time to wake.
         Index(
             "ix_conversations_snoozed_until",

@@ -39,17 +39,19 @@ def upgrade() -> None:
             ondelete="SET NULL",
         )
         batch_op.create_index(
-            "ix_conversations_tenant_id_status_last_message_at",
-            ["tenant_id", "status", "last_message_at"],
-            unique=False,
-        )
-        batch_op.create_index(
             "ix_conversations_snoozed_until",
             ["snoozed_until"],
             unique=False,
             postgresql_where=sa.text(_SNOOZED_WITH_TIME),
             sqlite_where=sa.text(_SNOOZED_WITH_TIME),
         )
+    # An index on expressions: created outside the batch, which would look them up as columns.
+    op.create_index(
+        "ix_conversations_list_newest",
+        "conversations",
+        ["tenant_id", "status", sa.text("coalesce(last_message_at, created_at) DESC"), sa.text("id DESC")],
+        unique=False,
+    )
 
     op.create_table(
         "labels",
@@ -131,9 +133,9 @@ def downgrade() -> None:
     op.drop_table("conversation_reads")
     op.drop_table("conversation_labels")
     op.drop_table("labels")
+    op.drop_index("ix_conversations_list_newest", table_name="conversations")
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.drop_index("ix_conversations_snoozed_until")
-        batch_op.drop_index("ix_conversations_tenant_id_status_last_message_at")
         batch_op.drop_constraint(
             batch_op.f("fk_conversations_merged_into_id_conversations"), type_="foreignkey"
         )
