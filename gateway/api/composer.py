@@ -219,6 +219,7 @@ async def delete_canned_response(call: ApiRequest, *, canned_response_id: int) -
     "/conversations/{conversation_id}/canned-responses/{canned_response_id}/render",
     allow=Permission.SEND_MESSAGES,
     status=200,
+    errors=[422],
 )
 async def render_canned_response(
     call: ApiRequest, *, conversation_id: int, canned_response_id: int
