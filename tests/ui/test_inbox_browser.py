@@ -143,8 +143,17 @@ async def test_an_agent_opens_conversations_and_works_them_from_the_keyboard(
     await page.go_forward()
     await expect(thread).to_contain_text("Hello from Chen Wei")
 
+    # A reply written in the composer shows in the thread at once, queued; keys typed there are text.
+    await page.locator("#composer-text").fill("We are on it, jk")
+    await page.locator("#composer-text").press("Control+Enter")
+    sent = thread.locator(".msg.out").last
+    await expect(sent).to_contain_text("We are on it, jk")
+    await expect(sent.locator(".tick")).to_have_count(1)
+    await expect(page).to_have_url(re.compile(f"/inbox/c/{newest_first[0]}$"))
+
     # Typing in the search box is not a shortcut.
-    await page.locator("body").press("/")
+    await page.locator("#thread").focus()
+    await page.keyboard.press("/")
     await expect(page.get_by_label("Search messages and contacts")).to_be_focused()
     await page.keyboard.type("jk")
     await expect(page).to_have_url(re.compile(f"/inbox/c/{newest_first[0]}$"))
