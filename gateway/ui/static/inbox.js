@@ -187,6 +187,19 @@
 
   window.addEventListener("hashchange", highlightHash);
 
+  // An action form submitted in the instant after htmx swapped it in, before htmx took it over,
+  // would navigate away as a plain form: send it the way htmx would have.
+  function postForm(form) {
+    htmx.ajax("POST", form.getAttribute("hx-post"), { source: form, target: form.getAttribute("hx-target") || "#thread" });
+  }
+
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    if (event.defaultPrevented || !form.matches || !form.matches("form[hx-post]")) return;
+    event.preventDefault();
+    postForm(form);
+  });
+
   // --- transcript (the composer's API) ------------------------------------------------------------
 
   function say(text, isError) {
@@ -380,7 +393,7 @@
       case "k": move(-1); break;
       case "e": {
         const resolve = document.querySelector('#thread [data-shortcut="resolve"]');
-        if (resolve) resolve.click();
+        if (resolve) postForm(resolve.form);
         break;
       }
       case "a": {
