@@ -402,7 +402,7 @@ async def _thread_context(
                 sender_kind=kind,
                 sender_name=name,
                 at=ui.local(m.created_at),
-                private=bool(getattr(m, "private", False)),
+                private=m.private,
                 attachments=[_attachment(ui.tenant_id, a) for a in (m.attachments or [])],
                 call=_shape(extra.get("call"), ("status", "direction", "duration", "leg")),
                 recording=_shape(extra.get("recording"), ("duration", "url")),

@@ -227,6 +227,9 @@ async def test_the_thread_shows_senders_ticks_failures_notes_attachments_and_int
         sender_type="bot",
         extra={"nlu": {"intent": {"name": "order_status", "confidence": 0.87}}},
     )
+    note = await add_message(
+        db, conversation, "internal: <check> the refund", inbound=False, sender_id=agent.user_id, private=True
+    )
     timed = await add_message(db, conversation, "timed")
     async with db.transaction() as session:
         (await session.get_one(Message, timed)).created_at = at
@@ -236,6 +239,11 @@ async def test_the_thread_shows_senders_ticks_failures_notes_attachments_and_int
     assert f'id="m{sent}"' in html
     assert "Ada Agent" in html and ">Agent<" in html and ">Customer<" in html and ">Bot<" in html
     assert 'aria-label="Delivered"' in html
+    note_html = (
+        html.split(f'id="m{note}"')[0].rsplit("<li", 1)[1] + html.split(f'id="m{note}"')[1].split("</li>")[0]
+    )
+    assert "msg-note" in note_html and "Private note" in note_html and "&lt;check&gt;" in note_html
+    assert "tick" not in note_html  # a note is never sent, so it has no delivery ticks
     assert "Not delivered (63016): Outside the allowed window" in html
     assert "Intent: <strong>order_status</strong> (87%)" in html
     assert f'<img src="/media/{agent.tenant_id}/abc"' in html  # copied into the store: shown inline
