@@ -309,18 +309,6 @@ def preview(
     return text if len(text) <= length else text[: length - 1].rstrip() + "…"
 
 
-async def _previews(session: AsyncSession, message_ids: Sequence[int]) -> dict[int, str]:
-    """Each message's preview, by conversation (primary key lookups)."""
-    if not message_ids:
-        return {}
-    rows = await session.execute(
-        select(Message.conversation_id, Message.body, Message.attachments, Message.extra).where(
-            Message.id.in_(message_ids)
-        )
-    )
-    return {row.conversation_id: preview(row.body, row.attachments or [], row.extra or {}) for row in rows}
-
-
 def _last_message_id() -> ColumnElement[int | None]:
     return (
         select(func.max(Message.id))
@@ -378,6 +366,7 @@ def page_query(
     order = [key.expression.desc() if key.descending else key.expression.asc() for key in keys]
     page = chosen.order_by(*order).limit(limit + 1).subquery("page")
     sort_columns = [page.c[f"sort_{i}"] for i in range(len(keys))]
+    last = aliased(Message, name="last_message")
     columns: list[Any] = [
         Conversation,
         Contact.name,
@@ -388,8 +377,10 @@ def page_query(
         User.name.label("assignee_name"),
         User.email.label("assignee_email"),
         waiting_since_expression().label("waiting_since"),
+        last.body.label("last_body"),
+        last.attachments.label("last_attachments"),
+        last.extra.label("last_extra"),
         # Correlated, so computed for the page's rows only, each an index range scan.
-        _last_message_id().label("last_message_id"),
         _unread_count(user_id).label("unread_count"),
         *sort_columns,
     ]
@@ -399,6 +390,7 @@ def page_query(
         .join(Contact, Contact.id == Conversation.contact_id)
         .join(Inbox, Inbox.id == Conversation.inbox_id)
         .outerjoin(User, User.id == Conversation.assignee_id)
+        .outerjoin(last, last.id == _last_message_id())
         .order_by(
             *(
                 column.desc() if key.descending else column.asc()
@@ -440,9 +432,6 @@ async def list_conversations(
         last = found[-1]
         next_cursor = _encode_cursor(sort, [getattr(last, f"sort_{i}") for i in range(len(keys))])
     ids = [row.Conversation.id for row in found]
-    previews = await _previews(
-        session, [row.last_message_id for row in found if row.last_message_id is not None]
-    )
     labels = await labels_of(session, ids)
     return ConversationPage(
         [
@@ -452,7 +441,9 @@ async def list_conversations(
                 inbox_name=row.inbox_name,
                 channel=row.channel,
                 assignee_name=row.assignee_name or row.assignee_email,
-                last_message_preview=previews.get(row.Conversation.id, ""),
+                last_message_preview=preview(
+                    row.last_body or "", row.last_attachments or [], row.last_extra or {}
+                ),
                 last_message_at=row.Conversation.last_message_at,
                 labels=[LabelTag(label.id, label.name, label.color) for label in labels[row.Conversation.id]],
                 unread_count=int(row.unread_count or 0),
