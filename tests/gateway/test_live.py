@@ -33,7 +33,7 @@ from inbox.models import Conversation
 from parley.db import Database, utcnow
 from parley.models import OutboxEvent, Presence, Role, User
 from parley.outbox import emit
-from parley.sessions import start_session
+from parley.sessions import end_session, start_session
 from parley.settings import Settings
 from tests.conftest import TenantAccess, eventually, make_tenant, make_twilio_inbox
 from tests.test_webchat_end_to_end import ORIGIN, Chat, make_webchat_inbox
@@ -494,3 +494,39 @@ async def test_an_unused_tenant_feed_is_closed_and_a_later_socket_subscribes_ane
     event = await world.emit(world.acme.tenant_id, "conversation.queued", {"conversation_id": 1})
     assert [f["id"] for f in await again.events_until(event)] == [event]
     assert hub.subscriber_count(live_topic(world.acme.tenant_id)) == 1
+
+
+async def test_signing_out_closes_open_sockets_and_a_changed_role_applies_to_them(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.app[LIVE].recheck_seconds = 0.1
+    agent = await make_tenant(world.db, "acme", role=Role.AGENT)
+    cookie = await world.cookie(agent.user_id)
+    ws = await world.client.ws_connect(
+        "/live", headers={"Cookie": f"parley_session={cookie}", "Origin": world.origin}
+    )
+    socket = Socket(ws)
+    await socket.expect("ready")
+    demoted_socket = await world.open(agent)  # another session of the same agent
+
+    async with world.db.transaction() as session:
+        await session.execute(update(User).where(User.id == agent.user_id).values(role=Role.MARKETER))
+    monkeypatch.setitem(GRANTS, Role.MARKETER, frozenset())  # type: ignore[arg-type]
+    async with world.db.transaction() as session:
+        await end_session(session, cookie)
+    closed = await ws.receive(timeout=10)
+    assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 4401)
+
+    # The other session still signs in, now as a marketer without conversations: the next check applies it.
+    async def demoted() -> bool:
+        return any(
+            c.agent.role == Role.MARKETER
+            for c in world.app[LIVE].feeds._feeds[world.acme.tenant_id].connections
+        )
+
+    await eventually(demoted)
+    await world.emit(world.acme.tenant_id, "message.received", {"conversation_id": 1, "message_id": 1})
+    marker = await world.emit(
+        world.acme.tenant_id, "agent.presence_changed", {"user_id": agent.user_id, "presence": "away"}
+    )
+    assert [f["topic"] for f in await demoted_socket.events_until(marker)] == ["agent.presence_changed"]
