@@ -530,3 +530,22 @@ async def test_signing_out_closes_open_sockets_and_a_changed_role_applies_to_the
         world.acme.tenant_id, "agent.presence_changed", {"user_id": agent.user_id, "presence": "away"}
     )
     assert [f["topic"] for f in await demoted_socket.events_until(marker)] == ["agent.presence_changed"]
+
+
+async def test_sockets_are_closed_to_catch_up_when_the_process_falls_behind_the_hub(world: World) -> None:
+    socket = await world.open()
+    hub, topic = world.app[HUB], live_topic(world.acme.tenant_id)
+    # A burst larger than the feed's queue, published without yielding: the oldest are dropped.
+    for _ in range(600):
+        await hub.publish(
+            topic, {"id": None, "frame": '{"type":"event","id":null}', "to": None, "needs": None}
+        )
+    while True:
+        message = await socket.ws.receive(timeout=10)
+        if message.type != aiohttp.WSMsgType.TEXT:
+            break
+    assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE, 4408)
+
+    again = await world.open(after=socket.ready["cursor"])  # what a page does next
+    event = await world.emit(world.acme.tenant_id, "conversation.queued", {"conversation_id": 1})
+    assert [f["id"] for f in await again.events_until(event)] == [event]
