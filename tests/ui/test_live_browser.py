@@ -70,6 +70,10 @@ async def test_a_page_gets_events_and_catches_up_after_a_dropped_connection(
     await sockets[-1].close(code=1006, reason="network drop")
     await expect(banner).to_be_visible()
     await screenshot(page, "live-reconnecting")
+    await page.set_viewport_size({"width": 390, "height": 760})
+    await expect(banner).to_be_visible()
+    await screenshot(page, "live-reconnecting-phone")
+    await page.set_viewport_size({"width": 1366, "height": 768})
     missed = await commit_event(
         db, agent.tenant_id, "message.received", {"conversation_id": 1, "message_id": 7}
     )
