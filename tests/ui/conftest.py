@@ -98,6 +98,52 @@ class ParleyServer:
             await self.process.wait()
 
 
+@dataclass
+class ParleyWorker:
+    """One `parley worker --beat` process: with Redis configured, it dispatches the outbox events."""
+
+    database_url: str
+    data_dir: Path
+    redis_url: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "worker.log"
+
+    async def start(self, timeout: float = 60.0) -> None:
+        env = {
+            **os.environ,
+            "PARLEY_DATABASE_URL": plain_url(self.database_url),
+            "PARLEY_DATA_DIR": str(self.data_dir),
+            "PARLEY_SECRET_KEY": SECRET_KEY,
+            "PARLEY_REDIS_URL": self.redis_url,
+            **self.env,
+        }
+        log = self.log.open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "parley", "worker", "--concurrency", "1", "--beat",
+            env=env, stdout=log, stderr=log, cwd=self.data_dir,
+        )  # fmt: skip
+        log.close()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while "ready." not in self.log.read_text(errors="replace"):
+            if self.process.returncode is not None or asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"parley worker did not start:\n{self.log.read_text()}")
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), 30)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
 @pytest_asyncio.fixture
 async def parley_server(db: Database, database_url: str, tmp_path: Path) -> AsyncIterator[ParleyServer]:
     """`parley serve` on the (already migrated) test database."""
