@@ -684,8 +684,8 @@ def setup_live(app: web.Application, *, presence_grace: float = PRESENCE_GRACE_S
 
     async def close_sockets(app: web.Application) -> None:
         # Going away: pages reconnect (to another process behind the balancer) and catch up.
-        for ws in list(app[LIVE].sockets):
-            await ws.close(code=1001, message=b"server shutting down")
+        closing = [ws.close(code=1001, message=b"server shutting down") for ws in app[LIVE].sockets]
+        await asyncio.gather(*closing, return_exceptions=True)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield

@@ -549,3 +549,11 @@ async def test_sockets_are_closed_to_catch_up_when_the_process_falls_behind_the_
     again = await world.open(after=socket.ready["cursor"])  # what a page does next
     event = await world.emit(world.acme.tenant_id, "conversation.queued", {"conversation_id": 1})
     assert [f["id"] for f in await again.events_until(event)] == [event]
+
+
+async def test_a_gateway_shutting_down_closes_its_sockets_so_pages_reconnect_elsewhere(world: World) -> None:
+    sockets = [await world.open(), await world.open(world.globex, bearer=True)]
+    await world.client.server.close()
+    for socket in sockets:
+        closed = await socket.ws.receive(timeout=10)
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1001)
