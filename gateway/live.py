@@ -22,6 +22,11 @@ Each socket counts toward its agent's presence (`routing.presence.SocketPresence
 last socket closes, they go offline after a grace period. A socket that falls too far behind is
 closed with 4408; its page reconnects and catches up. The session or token is checked again every
 minute or so: signed out, revoked or deactivated closes the socket with 4401.
+
+A limit of resuming from one id: the dispatcher publishes a conversation's events in id order, but
+events of different conversations (or committed out of id order) can go out in another order.
+A page that drops in that instant can miss one such event on reconnect; it refetches its list on
+`parley:reconnected` anyway.
 """
 
 from __future__ import annotations
