@@ -20,7 +20,13 @@ The protocol, JSON text frames:
 
 Each socket counts toward its agent's presence (`routing.presence.SocketPresence`): when an agent's
 last socket closes, they go offline after a grace period. A socket that falls too far behind is
-closed with 4408; its page reconnects and catches up.
+closed with 4408; its page reconnects and catches up. The session or token is checked again every
+minute or so: signed out, revoked or deactivated closes the socket with 4401.
+
+A limit of resuming from one id: the dispatcher publishes a conversation's events in id order, but
+events of different conversations (or committed out of id order) can go out in another order.
+A page that drops in that instant can miss one such event on reconnect; it refetches its list on
+`parley:reconnected` anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -36,6 +43,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.webchat import WebChat, normalise_origin, typing_topic, visitor_topic
@@ -45,11 +53,12 @@ from gateway.keys import DB, HUB, NOTIFIER, SETTINGS
 from gateway.ui.web import signed_in_user
 from gateway.webchat import TokenBucket
 from inbox.models import Conversation, Inbox
-from parley.auth import authenticate_token
+from parley.auth import Principal, authenticate_token
 from parley.db import Database, utcnow
 from parley.models import OutboxEvent, Role, User
 from parley.outbox import Event, Handler, RetryLater
 from parley.realtime import Hub, HubUnavailable, LocalHub, Subscription
+from parley.sessions import SESSION_COOKIE, resume_session
 from routing.presence import SocketPresence
 
 logger = logging.getLogger(__name__)
@@ -67,6 +76,10 @@ TYPING_PER_SECOND = 5.0
 # A payload bigger than this (a huge label list in `changes`) loses its `changes`; the page refetches.
 MAX_PAYLOAD_CHARS = 4096
 CLOSE_FELL_BEHIND = 4408
+CLOSE_SIGNED_OUT = 4401
+# An open socket checks its session or token again this often: signing out (or a revoked token, a
+# deactivated user, a changed role) reaches open sockets within about this long.
+RECHECK_SECONDS = 60.0
 # A socket with this much unsent is not reading: it is closed before the fan-out would wait on it.
 MAX_BUFFERED_BYTES = 32 * 1024
 TYPING_TOPIC = "conversation.typing"
@@ -186,6 +199,7 @@ class LiveState:
     feeds: TenantFeeds
     replay_limit: int = REPLAY_LIMIT
     replay_window: timedelta = REPLAY_WINDOW
+    recheck_seconds: float = RECHECK_SECONDS
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
 
 
@@ -200,9 +214,20 @@ class Agent:
     user_id: int
     role: Role
     name: str
+    # What signed the socket in, checked again while it stays open: an API token or a session cookie.
+    credential: str
+    bearer: bool
 
     def may(self, permission: Permission | None) -> bool:
         return permission is None or allows(self.role, permission)
+
+    async def still_signed_in(self, db: Database) -> Principal | None:
+        """The principal the credential stands for now (None: revoked, signed out, deactivated)."""
+        async with db.transaction() as session:
+            if self.bearer:
+                return await authenticate_token(session, self.credential)
+            user = await resume_session(session, self.credential)
+            return None if user is None else user.principal
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -222,7 +247,7 @@ def own_origins(request: web.Request) -> set[str]:
 async def _authenticate(request: web.Request) -> Agent | web.Response:
     token = _bearer(request)
     if token is None:
-        if not request.cookies.get("parley_session"):
+        if not request.cookies.get(SESSION_COOKIE):
             return web.json_response({"error": "sign in first"}, status=401)
         # Browsers send Origin with every WebSocket: a page on another site must not ride the cookie.
         origin = normalise_origin(request.headers.get("Origin", ""))
@@ -235,12 +260,13 @@ async def _authenticate(request: web.Request) -> Agent | web.Response:
                 return web.json_response({"error": "unknown or revoked token"}, status=401)
             user = await session.get(User, principal.user_id)
             name = (user.name or user.email.split("@", 1)[0]) if user is not None else ""
-            return Agent(principal.tenant_id, principal.user_id, principal.role, name)
+            return Agent(principal.tenant_id, principal.user_id, principal.role, name, token, bearer=True)
         signed_in = await signed_in_user(request, session)
         if signed_in is None:
             return web.json_response({"error": "the session ended; sign in again"}, status=401)
         p = signed_in.principal
-        return Agent(p.tenant_id, p.user_id, p.role, signed_in.display_name)
+        cookie = request.cookies[SESSION_COOKIE]
+        return Agent(p.tenant_id, p.user_id, p.role, signed_in.display_name, cookie, bearer=False)
 
 
 def _after(raw: str | None) -> int | None:
@@ -272,6 +298,8 @@ class LiveConnection:
         self.buffer: list[Mapping[str, Any]] = []
         self.closing = False
         self._closer: asyncio.Task[bool] | None = None
+        self._recheck: asyncio.TimerHandle | None = None
+        self._rechecking: asyncio.Task[None] | None = None
         self.typing = TokenBucket(TYPING_BURST, TYPING_PER_SECOND)
         # conversation id -> web chat visitor address ("" for other channels); tenant-checked.
         self._conversations: dict[int, str] = {}
@@ -380,6 +408,36 @@ class LiveConnection:
                     await sending
         self.catching_up = False  # no await since the buffer was last seen empty: nothing slips by
 
+    def schedule_recheck(self, interval: float) -> None:
+        """Check the credential again in about `interval` seconds (jittered: sockets opened together
+        do not all query at once)."""
+        self._recheck = asyncio.get_running_loop().call_later(
+            interval * random.uniform(0.8, 1.2), self._start_recheck, interval
+        )
+
+    def _start_recheck(self, interval: float) -> None:
+        self._rechecking = asyncio.get_running_loop().create_task(self._check_credential(interval))
+
+    async def _check_credential(self, interval: float) -> None:
+        try:
+            principal = await self.agent.still_signed_in(self.db)
+        except SQLAlchemyError:  # the database hiccuped: not a reason to sign anyone out
+            logger.warning("could not re-check a live socket's credential", exc_info=True)
+        else:
+            if principal is None:
+                self.closing = True
+                await self.ws.close(code=CLOSE_SIGNED_OUT, message=b"signed out")
+                return
+            self.agent.role = principal.role  # a changed role applies from now on
+        if not self.ws.closed:
+            self.schedule_recheck(interval)
+
+    def stop_recheck(self) -> None:
+        if self._recheck is not None:
+            self._recheck.cancel()
+        if self._rechecking is not None and self._rechecking is not asyncio.current_task():
+            self._rechecking.cancel()
+
     def fell_behind(self) -> None:
         if self.closing:
             return
@@ -483,10 +541,12 @@ async def live_socket(request: web.Request) -> web.StreamResponse:
         try:
             await connection.catch_up(state, after)
             await connection.go_live()
+            connection.schedule_recheck(state.recheck_seconds)
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
                     await connection.receive(message.data)
         finally:
+            connection.stop_recheck()
             state.feeds.leave(connection)
     except (HubUnavailable, TimeoutError, OSError):
         logger.warning("live socket could not subscribe or send", exc_info=True)
@@ -629,8 +689,8 @@ def setup_live(app: web.Application, *, presence_grace: float = PRESENCE_GRACE_S
 
     async def close_sockets(app: web.Application) -> None:
         # Going away: pages reconnect (to another process behind the balancer) and catch up.
-        for ws in list(app[LIVE].sockets):
-            await ws.close(code=1001, message=b"server shutting down")
+        closing = [ws.close(code=1001, message=b"server shutting down") for ws in app[LIVE].sockets]
+        await asyncio.gather(*closing, return_exceptions=True)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield

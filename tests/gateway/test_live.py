@@ -33,7 +33,7 @@ from inbox.models import Conversation
 from parley.db import Database, utcnow
 from parley.models import OutboxEvent, Presence, Role, User
 from parley.outbox import emit
-from parley.sessions import start_session
+from parley.sessions import end_session, start_session
 from parley.settings import Settings
 from tests.conftest import TenantAccess, eventually, make_tenant, make_twilio_inbox
 from tests.test_webchat_end_to_end import ORIGIN, Chat, make_webchat_inbox
@@ -494,3 +494,66 @@ async def test_an_unused_tenant_feed_is_closed_and_a_later_socket_subscribes_ane
     event = await world.emit(world.acme.tenant_id, "conversation.queued", {"conversation_id": 1})
     assert [f["id"] for f in await again.events_until(event)] == [event]
     assert hub.subscriber_count(live_topic(world.acme.tenant_id)) == 1
+
+
+async def test_signing_out_closes_open_sockets_and_a_changed_role_applies_to_them(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.app[LIVE].recheck_seconds = 0.1
+    agent = await make_tenant(world.db, "acme", role=Role.AGENT)
+    cookie = await world.cookie(agent.user_id)
+    ws = await world.client.ws_connect(
+        "/live", headers={"Cookie": f"parley_session={cookie}", "Origin": world.origin}
+    )
+    socket = Socket(ws)
+    await socket.expect("ready")
+    demoted_socket = await world.open(agent)  # another session of the same agent
+
+    async with world.db.transaction() as session:
+        await session.execute(update(User).where(User.id == agent.user_id).values(role=Role.MARKETER))
+    monkeypatch.setitem(GRANTS, Role.MARKETER, frozenset())  # type: ignore[arg-type]
+    async with world.db.transaction() as session:
+        await end_session(session, cookie)
+    closed = await ws.receive(timeout=10)
+    assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 4401)
+
+    # The other session still signs in, now as a marketer without conversations: the next check applies it.
+    async def demoted() -> bool:
+        return any(
+            c.agent.role == Role.MARKETER
+            for c in world.app[LIVE].feeds._feeds[world.acme.tenant_id].connections
+        )
+
+    await eventually(demoted)
+    await world.emit(world.acme.tenant_id, "message.received", {"conversation_id": 1, "message_id": 1})
+    marker = await world.emit(
+        world.acme.tenant_id, "agent.presence_changed", {"user_id": agent.user_id, "presence": "away"}
+    )
+    assert [f["topic"] for f in await demoted_socket.events_until(marker)] == ["agent.presence_changed"]
+
+
+async def test_sockets_are_closed_to_catch_up_when_the_process_falls_behind_the_hub(world: World) -> None:
+    socket = await world.open()
+    hub, topic = world.app[HUB], live_topic(world.acme.tenant_id)
+    # A burst larger than the feed's queue, published without yielding: the oldest are dropped.
+    for _ in range(600):
+        await hub.publish(
+            topic, {"id": None, "frame": '{"type":"event","id":null}', "to": None, "needs": None}
+        )
+    while True:
+        message = await socket.ws.receive(timeout=10)
+        if message.type != aiohttp.WSMsgType.TEXT:
+            break
+    assert (message.type, message.data) == (aiohttp.WSMsgType.CLOSE, 4408)
+
+    again = await world.open(after=socket.ready["cursor"])  # what a page does next
+    event = await world.emit(world.acme.tenant_id, "conversation.queued", {"conversation_id": 1})
+    assert [f["id"] for f in await again.events_until(event)] == [event]
+
+
+async def test_a_gateway_shutting_down_closes_its_sockets_so_pages_reconnect_elsewhere(world: World) -> None:
+    sockets = [await world.open(), await world.open(world.globex, bearer=True)]
+    await world.client.server.close()
+    for socket in sockets:
+        closed = await socket.ws.receive(timeout=10)
+        assert (closed.type, closed.data) == (aiohttp.WSMsgType.CLOSE, 1001)

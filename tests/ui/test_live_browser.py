@@ -3,19 +3,21 @@ dropped connection with a "Reconnecting…" banner, and catches up on what was c
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.async_api import WebSocketRoute, expect
 from sqlalchemy import select
 
+from parley.auth import issue_token
 from parley.db import Database
-from parley.models import OutboxEvent
+from parley.models import OutboxEvent, User
 from parley.outbox import emit
 from tests.conftest import eventually
-from tests.ui.conftest import Browsing, ParleyServer, make_agent, screenshot, sign_in
-
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+from tests.ui.conftest import Browsing, ParleyServer, ParleyWorker, make_agent, screenshot, sign_in
 
 RECORD_EVENTS = """() => {
   window.liveEvents = [];
@@ -39,6 +41,7 @@ async def dispatched(db: Database, event_id: int) -> bool:
         return done.scalar() is not None
 
 
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 async def test_a_page_gets_events_and_catches_up_after_a_dropped_connection(
     parley_server: ParleyServer, browsing: Browsing, db: Database
 ) -> None:
@@ -70,6 +73,10 @@ async def test_a_page_gets_events_and_catches_up_after_a_dropped_connection(
     await sockets[-1].close(code=1006, reason="network drop")
     await expect(banner).to_be_visible()
     await screenshot(page, "live-reconnecting")
+    await page.set_viewport_size({"width": 390, "height": 760})
+    await expect(banner).to_be_visible()
+    await screenshot(page, "live-reconnecting-phone")
+    await page.set_viewport_size({"width": 1366, "height": 768})
     missed = await commit_event(
         db, agent.tenant_id, "message.received", {"conversation_id": 1, "message_id": 7}
     )
@@ -88,3 +95,44 @@ async def test_a_page_gets_events_and_catches_up_after_a_dropped_connection(
     ids = await page.evaluate("() => window.liveEvents.map((e) => e.id)")
     assert ids == [first, missed, after]  # no gap, no duplicate
     await screenshot(page, "live-connected")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_an_event_committed_through_one_server_reaches_a_page_on_another_through_redis(
+    db: Database, database_url: str, redis_url: str, tmp_path: Path, browsing: Browsing
+) -> None:
+    redis = {"PARLEY_REDIS_URL": redis_url}
+    a = ParleyServer(database_url, tmp_path / "a", env=redis)
+    b = ParleyServer(database_url, tmp_path / "b", env=redis)
+    worker = ParleyWorker(database_url, tmp_path / "worker", redis_url)
+    for directory in (a.data_dir, b.data_dir, worker.data_dir):
+        directory.mkdir()
+    agent = await make_agent(db, "acme")
+    colleague = await make_agent(db, "acme", email="colleague@acme.example.com")
+    async with db.transaction() as session:
+        user = await session.get(User, colleague.user_id)
+        assert user is not None
+        token = await issue_token(session, user)
+    try:
+        await asyncio.gather(a.start(), b.start(), worker.start())
+        page = await browsing.new_page()
+        await sign_in(page, b, agent, path="/account")
+        await page.evaluate(RECORD_EVENTS)
+        await page.wait_for_function("() => window.parley.live.connected")
+
+        # The colleague goes online through server A; the worker dispatches; Redis carries it to B.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(
+                f"{a.url}/api/v1/me/presence",
+                json={"presence": "online"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
+        await page.wait_for_function(
+            f"() => window.liveEvents.some((e) => e.topic === 'agent.presence_changed'"
+            f" && e.payload.user_id === {colleague.user_id} && e.payload.presence === 'online')"
+        )
+    finally:
+        await asyncio.gather(a.stop(), b.stop(), worker.stop())

@@ -109,12 +109,18 @@
     }
     socket = ws;
     ws.addEventListener("message", onMessage);
-    ws.addEventListener("close", function () {
+    ws.addEventListener("close", function (event) {
       if (socket !== ws) {
         return;
       }
       socket = null;
       live.connected = false;
+      if (event.code === 4401) {
+        // Signed out (here or in another tab), or the account was deactivated: sign in again.
+        stopped = true;
+        window.location.assign("/login?next=" + encodeURIComponent(window.location.pathname + window.location.search));
+        return;
+      }
       if (!stopped) {
         showBanner(true);
         schedule();
