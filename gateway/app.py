@@ -24,6 +24,7 @@ from parley.mailer import Mailer
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
 from routing.assigner import Assigner
+from routing.sla import SlaClocks
 
 
 def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -> web.Application:
@@ -45,21 +46,27 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         task: asyncio.Task[None] | None = None
         sweeps: asyncio.Task[None] | None = None
+        sla_sweeps: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
             task = asyncio.create_task(runtime.dispatcher.run_forever())
             # Overflow waits and working hours end without an event; a sweep serves the queues.
             sweeps = asyncio.create_task(Assigner(runtime.db).run_sweeps())
+            # SLA warnings and breaches come due without an event, too.
+            sla_sweeps = asyncio.create_task(
+                SlaClocks(runtime.db).run_sweeps(notify=runtime.dispatcher.notify)
+            )
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
             app[NOTIFIER] = celery
             await celery.start()
         yield
-        if sweeps is not None:
-            sweeps.cancel()
-            await asyncio.gather(sweeps, return_exceptions=True)
+        for sweeping in (sweeps, sla_sweeps):
+            if sweeping is not None:
+                sweeping.cancel()
+                await asyncio.gather(sweeping, return_exceptions=True)
         if task is not None:
             # Let handlers in flight commit: one cut off mid-transaction can leave a task waiting on
             # a connection that is closed next (aiosqlite), and the event loop never shuts down.

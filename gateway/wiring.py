@@ -12,11 +12,14 @@ from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.mailer import Mailer
 from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.realtime import Hub, build_hub
 from parley.settings import Settings
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
+from routing.escalation import Escalator, escalation_subscribers
+from routing.sla import SlaClocks, sla_subscribers
 
 
 @dataclass(slots=True)
@@ -45,8 +48,11 @@ def build_subscribers(
         MEDIA_PENDING_TOPIC: [MediaFetcher(db, directory, media).fetch],
         **routing_subscribers(Assigner(db)),
     }
-    for topic, handlers in crm_subscribers(db).items():
-        subscribers.setdefault(topic, []).extend(handlers)
+    # After routing's: a conversation's SLA policy may depend on the team routing just gave it.
+    escalator = Escalator(db, Mailer(settings), public_url=lambda: settings.public_url)
+    for extra in (sla_subscribers(SlaClocks(db)), escalation_subscribers(escalator), crm_subscribers(db)):
+        for topic, handlers in extra.items():
+            subscribers.setdefault(topic, []).extend(handlers)
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
         announce = PresenceAnnouncer(db, directory.hub).announce
         subscribers[PRESENCE_CHANGED_TOPIC] = [*subscribers.get(PRESENCE_CHANGED_TOPIC, []), announce]
@@ -62,6 +68,11 @@ def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
         "agent.presence_changed": [assigner.on_presence_changed],
         PROFILE_CHANGED_TOPIC: [assigner.on_profile_changed],
     }
+
+
+async def sweep_sla(db: Database) -> int:
+    """One SLA sweep (the Celery beat task's body): emit the warnings and breaches that came due."""
+    return await SlaClocks(db).sweep()
 
 
 def build_media_store(settings: Settings) -> MediaStore:

@@ -14,6 +14,7 @@ from celery import Celery
 
 DISPATCH_TASK = "parley.dispatch"
 PURGE_TASK = "parley.purge_outbox"
+SLA_SWEEP_TASK = "parley.sla_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -34,11 +35,14 @@ def celery_app(broker_url: str) -> Celery:
         beat_schedule={
             "outbox-sweep": {"task": DISPATCH_TASK, "schedule": 1.0},
             "outbox-purge": {"task": PURGE_TASK, "schedule": 3600.0},
+            # SLA warnings and breaches come due without an event: beat looks for them.
+            "sla-sweep": {"task": SLA_SWEEP_TASK, "schedule": 15.0},
         },
         timezone="UTC",
     )
     app.task(name=DISPATCH_TASK)(dispatch)
     app.task(name=PURGE_TASK)(purge_outbox)
+    app.task(name=SLA_SWEEP_TASK)(sla_sweep)
     _apps[broker_url] = app
     return app
 
@@ -54,6 +58,15 @@ def purge_outbox() -> int:
     """Delete outbox events completed more than a week ago."""
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(runtime["dispatcher"].purge())
+    return result
+
+
+def sla_sweep() -> int:
+    """Emit the SLA warnings and breaches that came due (exactly once each, however many workers sweep)."""
+    from gateway.wiring import sweep_sla
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_sla(runtime["runtime"].db))
     return result
 
 
