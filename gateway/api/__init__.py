@@ -16,6 +16,7 @@ from gateway.api import (
     deals,
     inboxes,
     me,
+    sla,
     typing_indicator,
 )
 from gateway.api.openapi import OPENAPI_PATH, build_openapi
@@ -31,6 +32,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     companies.routes,
     deals.routes,
     crm.routes,
+    sla.routes,
 )
 
 
