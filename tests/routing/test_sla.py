@@ -553,3 +553,27 @@ async def test_the_conversation_list_sorts_by_next_sla_due(world: World, db: Dat
             )
         ).all()
     assert list(order) == [early, late, untimed, paused]
+
+
+async def test_the_celery_beat_task_sweeps(
+    world: World, db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis, beat runs `parley.sla_sweep` in a worker: the same sweep, on the worker's runtime."""
+    from parley import tasks
+
+    schedule = tasks.celery_app("redis://127.0.0.1:1/0").conf.beat_schedule
+    assert schedule["sla-sweep"]["task"] == tasks.SLA_SWEEP_TASK
+    conversations = await _due_clocks(world, db, 3)  # due on 23 November 2026: long past in real time
+    monkeypatch.setenv("PARLEY_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PARLEY_SECRET_KEY", settings.secret_key)
+    monkeypatch.setenv("PARLEY_DATA_DIR", str(settings.data_dir))
+
+    def in_a_worker() -> tuple[int, int]:
+        try:
+            return tasks.sla_sweep(), tasks.sla_sweep()
+        finally:
+            tasks.shutdown_runtime()
+
+    assert await asyncio.to_thread(in_a_worker) == (6, 0)
+    breaches = await topics(db, "sla.breached")
+    assert sorted(b["conversation_id"] for b in breaches) == sorted(conversations)
