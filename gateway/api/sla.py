@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, StringConstraints, model_validator
 from sqlalchemy import select
 
-from gateway.api.permissions import Permission
+from gateway.api.permissions import Permission, allows
 from gateway.api.routing import ApiRequest, RouteTable
 from gateway.api.schemas import Id, Name, RequestBody, ResponseBody
 from gateway.errors import ApiError, NotFound
@@ -182,6 +182,16 @@ class ConversationSla(ResponseBody):
 # --- helpers --------------------------------------------------------------------------------------
 
 
+def _policy_out(call: ApiRequest, row: SlaPolicy) -> SlaPolicyOut:
+    """The policy; a Slack webhook URL is a credential, shown whole only to those who manage routing."""
+    out = SlaPolicyOut.model_validate(row)
+    if not allows(call.principal.role, Permission.MANAGE_ROUTING):
+        out.escalations = [
+            {**a, "webhook_url": "(hidden)"} if "webhook_url" in a else a for a in out.escalations
+        ]
+    return out
+
+
 def _calendar_out(row: BusinessCalendarRecord) -> CalendarOut:
     return CalendarOut.model_validate(row)
 
@@ -326,7 +336,7 @@ async def list_sla_policies(call: ApiRequest) -> SlaPolicyList:
             select(SlaPolicy).where(SlaPolicy.tenant_id == call.tenant_id).order_by(SlaPolicy.id)
         )
     ).all()
-    return SlaPolicyList(data=[SlaPolicyOut.model_validate(r) for r in rows])
+    return SlaPolicyList(data=[_policy_out(call, r) for r in rows])
 
 
 @routes.post("/sla/policies", allow=Permission.MANAGE_ROUTING, errors=[422])
@@ -339,13 +349,13 @@ async def create_sla_policy(call: ApiRequest, *, body: SlaPolicyIn) -> SlaPolicy
     row = SlaPolicy(tenant_id=call.tenant_id, **await _policy_values(call, body))
     call.session.add(row)
     await call.session.flush()
-    return SlaPolicyOut.model_validate(row)
+    return _policy_out(call, row)
 
 
 @routes.get("/sla/policies/{policy_id}", allow=Permission.READ_CONVERSATIONS)
 async def get_sla_policy(call: ApiRequest, *, policy_id: int) -> SlaPolicyOut:
     """Get an SLA policy."""
-    return SlaPolicyOut.model_validate(await _policy(call, policy_id))
+    return _policy_out(call, await _policy(call, policy_id))
 
 
 @routes.put("/sla/policies/{policy_id}", allow=Permission.MANAGE_ROUTING, errors=[422])
@@ -356,7 +366,7 @@ async def put_sla_policy(call: ApiRequest, *, policy_id: int, body: SlaPolicyIn)
         setattr(row, key, value)
     row.updated_at = utcnow()
     await call.session.flush()
-    return SlaPolicyOut.model_validate(row)
+    return _policy_out(call, row)
 
 
 @routes.delete("/sla/policies/{policy_id}", allow=Permission.MANAGE_ROUTING)

@@ -11,8 +11,9 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from parley.auth import issue_token
 from parley.db import Database
-from parley.models import Role
+from parley.models import Role, User
 from parley.settings import Settings
 from tests.conftest import TenantAccess, eventually, make_tenant
 from tests.routing.world import add_inbox, add_team, open_conversation
@@ -50,6 +51,17 @@ class Api:
         from gateway.keys import NOTIFIER
 
         self.client.app[NOTIFIER].notify()
+
+
+async def _colleague(api: Api, role: Role) -> TenantAccess:
+    """Another user of the admin's tenant, with `role` and a token."""
+    async with api.db.transaction() as session:
+        user = User(
+            tenant_id=api.admin.tenant_id, email=f"{role}@acme.example.com", password_hash="-", role=role
+        )
+        session.add(user)
+        await session.flush()
+        return TenantAccess(api.admin.tenant_id, user.id, await issue_token(session, user))
 
 
 @pytest_asyncio.fixture
@@ -159,8 +171,23 @@ async def test_policies_check_what_they_name(api: Api) -> None:
 
 
 async def test_agents_read_but_do_not_manage(api: Api) -> None:
-    agent = await make_tenant(api.db, "acme-agents", role=Role.AGENT)
-    assert (await api.call("GET", "/sla/policies", who=agent))[0] == 200
+    agent = await _colleague(api, Role.AGENT)
+    hook = "https://hooks.slack.com/services/T0/B0/secret"
+    status, policy = await api.call(
+        "POST",
+        "/sla/policies",
+        body={
+            "name": "Chat",
+            "first_response_minutes": 5,
+            "escalations": [{"type": "notify_slack", "on": ["breach"], "webhook_url": hook}],
+        },
+    )
+    assert status == 201 and policy["escalations"][0]["webhook_url"] == hook
+    status, listed = await api.call("GET", "/sla/policies", who=agent)
+    assert status == 200 and [p["id"] for p in listed["data"]] == [policy["id"]]
+    # The webhook URL is a credential: agents see that there is one, not what it is.
+    assert listed["data"][0]["escalations"][0]["webhook_url"] == "(hidden)"
+    assert hook not in json.dumps(await api.call("GET", f"/sla/policies/{policy['id']}", who=agent))
     assert (await api.call("POST", "/sla/policies", who=agent, body={"name": "x"}))[0] == 403
     assert (await api.call("POST", "/sla/calendars", who=agent, body=OFFICE))[0] == 403
 
