@@ -510,10 +510,9 @@ class SlaClocks:
                 now = self.now()
                 async with self.db.transaction() as session:
                     rows = (await session.execute(_claim(marker, deadline, now, self.batch))).all()
+                    by_tenant: dict[int, list[tuple[str, dict[str, Any]]]] = {}
                     for row in rows:
-                        await emit(
-                            session,
-                            row.tenant_id,
+                        by_tenant.setdefault(row.tenant_id, []).append(
                             (
                                 topic,
                                 {
@@ -524,8 +523,10 @@ class SlaClocks:
                                     "stage": stage,
                                     "due_at": row.due_at.isoformat(),
                                 },
-                            ),
+                            )
                         )
+                    for tenant_id, events in by_tenant.items():  # one INSERT per tenant
+                        await emit(session, tenant_id, *events)
                 total += len(rows)
                 if len(rows) < self.batch:
                     break
