@@ -206,7 +206,8 @@ class Escalator:
         link = self.public_url()
         text = incident.headline
         if link:
-            text += f"\n\n{link.rstrip('/')}/ui/conversations/{incident.conversation_id}"
+            # The agents' UI has no conversation page yet: point at the clocks in the API.
+            text += f"\n\nClocks: {link.rstrip('/')}/api/v1/conversations/{incident.conversation_id}/sla"
         subject = f"SLA {incident.stage}: conversation {incident.conversation_id}"
         for address in sorted(set(addresses)):
             try:

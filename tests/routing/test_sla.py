@@ -425,7 +425,9 @@ async def test_warnings_and_breaches_escalate_once_each(
     assert notice["stage"] == "warning" and "first response" in notice["text"]
     mailed = sorted(rcpt for m in smarthost.received for rcpt in m.rcpt_tos)
     assert len(mailed) == 2 and "lead@acme.example" in mailed
-    assert "SLA warning" in smarthost.received[0].message["Subject"]
+    mail = smarthost.received[0].message
+    assert "SLA warning" in mail["Subject"]
+    assert f"https://parley.example.com/api/v1/conversations/{conversation}/sla" in mail.get_content()
     assert len(slack.posts) == 1 and f"Conversation {conversation} is about to miss" in slack.posts[0]["text"]
 
     world.clock.advance(minutes=30)
