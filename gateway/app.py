@@ -26,6 +26,7 @@ from parley.mailer import Mailer
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
 from routing.assigner import Assigner
+from routing.sla import SlaClocks
 
 
 def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -> web.Application:
@@ -48,6 +49,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
         task: asyncio.Task[None] | None = None
         sweeps: asyncio.Task[None] | None = None
         snoozes: asyncio.Task[None] | None = None
+        sla_sweeps: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
@@ -56,6 +58,10 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             sweeps = asyncio.create_task(Assigner(runtime.db).run_sweeps())
             # Snoozes with a time end without an event too.
             snoozes = asyncio.create_task(SnoozeWaker(runtime.db).run_sweeps())
+            # SLA warnings and breaches come due without an event, too.
+            sla_sweeps = asyncio.create_task(
+                SlaClocks(runtime.db).run_sweeps(notify=runtime.dispatcher.notify)
+            )
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
@@ -66,6 +72,10 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             if sweep is not None:
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)
+        for sweeping in (sweeps, sla_sweeps):
+            if sweeping is not None:
+                sweeping.cancel()
+                await asyncio.gather(sweeping, return_exceptions=True)
         if task is not None:
             # Let handlers in flight commit: one cut off mid-transaction can leave a task waiting on
             # a connection that is closed next (aiosqlite), and the event loop never shuts down.

@@ -14,11 +14,14 @@ from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from inbox.snooze import SnoozeWaker, wake_due_snoozes
 from parley.crypto import SecretBox
 from parley.db import Database
+from parley.mailer import Mailer
 from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.realtime import Hub, build_hub
 from parley.settings import Settings
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
+from routing.escalation import Escalator, escalation_subscribers
+from routing.sla import SlaClocks, sla_subscribers
 
 
 @dataclass(slots=True)
@@ -51,6 +54,11 @@ def build_subscribers(
     subscribers.setdefault("message.received", []).append(SnoozeWaker(db).on_message_received)
     for topic, handlers in crm_subscribers(db).items():
         subscribers.setdefault(topic, []).extend(handlers)
+    # After routing's: a conversation's SLA policy may depend on the team routing just gave it.
+    escalator = Escalator(db, Mailer(settings), public_url=lambda: settings.public_url)
+    for extra in (sla_subscribers(SlaClocks(db)), escalation_subscribers(escalator), crm_subscribers(db)):
+        for topic, handlers in extra.items():
+            subscribers.setdefault(topic, []).extend(handlers)
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
         announce = PresenceAnnouncer(db, directory.hub).announce
         subscribers[PRESENCE_CHANGED_TOPIC] = [*subscribers.get(PRESENCE_CHANGED_TOPIC, []), announce]
@@ -73,6 +81,9 @@ def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
 async def wake_snoozed(runtime: Runtime) -> int:
     """Reopen the conversations whose snooze time has come (the Celery beat task's body)."""
     return await wake_due_snoozes(runtime.db)
+async def sweep_sla(db: Database) -> int:
+    """One SLA sweep (the Celery beat task's body): emit the warnings and breaches that came due."""
+    return await SlaClocks(db).sweep()
 
 
 def build_media_store(settings: Settings) -> MediaStore:

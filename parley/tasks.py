@@ -15,6 +15,7 @@ from celery import Celery
 DISPATCH_TASK = "parley.dispatch"
 PURGE_TASK = "parley.purge_outbox"
 SNOOZE_TASK = "parley.wake_snoozed"
+SLA_SWEEP_TASK = "parley.sla_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -37,12 +38,15 @@ def celery_app(broker_url: str) -> Celery:
             "outbox-purge": {"task": PURGE_TASK, "schedule": 3600.0},
             # Snoozed conversations whose time has come reopen (no event marks that moment).
             "snooze-sweep": {"task": SNOOZE_TASK, "schedule": 15.0},
+            # SLA warnings and breaches come due without an event: beat looks for them.
+            "sla-sweep": {"task": SLA_SWEEP_TASK, "schedule": 15.0},
         },
         timezone="UTC",
     )
     app.task(name=DISPATCH_TASK)(dispatch)
     app.task(name=PURGE_TASK)(purge_outbox)
     app.task(name=SNOOZE_TASK)(wake_snoozed)
+    app.task(name=SLA_SWEEP_TASK)(sla_sweep)
     _apps[broker_url] = app
     return app
 
@@ -67,6 +71,12 @@ def wake_snoozed() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(wake(runtime["runtime"]))
+def sla_sweep() -> int:
+    """Emit the SLA warnings and breaches that came due (exactly once each, however many workers sweep)."""
+    from gateway.wiring import sweep_sla
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_sla(runtime["runtime"].db))
     return result
 
 

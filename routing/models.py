@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from parley.db import Base, BigId, utcnow
@@ -135,3 +135,128 @@ class Assignment(Base):
     reason: Mapped[str] = mapped_column(String(20))
     waited_seconds: Mapped[float | None]
     assigned_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- SLAs -----------------------------------------------------------------------------------------
+
+
+class BusinessCalendarRecord(Base):
+    """When SLA clocks run: weekly hours in a time zone, minus public and custom holidays.
+
+    `hours` maps a weekday (`mon`…`sun`) to `[["09:00", "12:00"], ["13:00", "18:00"]]`;
+    `holiday_country`/`holiday_subdivision` name a calendar of the `holidays` package.
+    """
+
+    __tablename__ = "business_calendars"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    hours: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    holiday_country: Mapped[str | None] = mapped_column(String(3))
+    holiday_subdivision: Mapped[str | None] = mapped_column(String(10))
+    custom_holidays: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SlaPolicy(Base):
+    """The promises made to conversations of an inbox and/or team and/or priority (null: any).
+
+    Targets are business minutes on `calendar_id` (null: round the clock); a warning fires at
+    `warning_fraction` of a target. `escalations` lists the actions run on a warning or a breach.
+    The most specific enabled policy that matches a conversation applies (ties: the oldest).
+    """
+
+    __tablename__ = "sla_policies"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inboxes.id", ondelete="CASCADE"))
+    team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    priority: Mapped[str | None] = mapped_column(String(10))
+    first_response_minutes: Mapped[int | None]
+    next_response_minutes: Mapped[int | None]
+    resolution_minutes: Mapped[int | None]
+    warning_fraction: Mapped[float] = mapped_column(default=0.8)
+    calendar_id: Mapped[int | None] = mapped_column(ForeignKey("business_calendars.id", ondelete="SET NULL"))
+    escalations: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SlaClock(Base):
+    """One SLA promise being timed for a conversation: first response, next response or resolution.
+
+    `due_at` and `warn_at` are kept up to date (start plus target plus business time spent paused),
+    so the sweep and the inbox's "sort by SLA due" read them through partial indexes on running
+    clocks. `paused_total_seconds` is business time.
+    """
+
+    __tablename__ = "sla_clocks"
+    __table_args__ = (
+        # One running clock of a kind per conversation: starting twice (at-least-once events) is a no-op.
+        Index(
+            "uq_sla_clocks_running_kind",
+            "conversation_id",
+            "kind",
+            unique=True,
+            postgresql_where=text("stopped_at IS NULL"),
+            sqlite_where=text("stopped_at IS NULL"),
+        ),
+        # A conversation's next due time (the inbox list's sort), over running clocks only.
+        Index(
+            "ix_sla_clocks_running_due",
+            "conversation_id",
+            "due_at",
+            postgresql_where=text("stopped_at IS NULL AND paused_at IS NULL"),
+            sqlite_where=text("stopped_at IS NULL AND paused_at IS NULL"),
+        ),
+        # The sweep's two questions: which warnings and which breaches have come due.
+        Index(
+            "ix_sla_clocks_warn_sweep",
+            "warn_at",
+            postgresql_where=text("stopped_at IS NULL AND paused_at IS NULL AND warned_at IS NULL"),
+            sqlite_where=text("stopped_at IS NULL AND paused_at IS NULL AND warned_at IS NULL"),
+        ),
+        Index(
+            "ix_sla_clocks_breach_sweep",
+            "due_at",
+            postgresql_where=text("stopped_at IS NULL AND paused_at IS NULL AND breached_at IS NULL"),
+            sqlite_where=text("stopped_at IS NULL AND paused_at IS NULL AND breached_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    policy_id: Mapped[int] = mapped_column(ForeignKey("sla_policies.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    target_minutes: Mapped[int]
+    started_at: Mapped[datetime]
+    paused_at: Mapped[datetime | None]
+    paused_total_seconds: Mapped[float] = mapped_column(default=0.0)
+    warn_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    warned_at: Mapped[datetime | None]
+    breached_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+
+
+class SlaEscalationRun(Base):
+    """An escalation action performed for a clock at a stage: what makes each action run once."""
+
+    __tablename__ = "sla_escalation_runs"
+
+    clock_id: Mapped[int] = mapped_column(ForeignKey("sla_clocks.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(10), primary_key=True)
+    action_index: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(30))
+    outcome: Mapped[str] = mapped_column(String(10))  # done, failed (a permanent refusal)
+    detail: Mapped[str | None] = mapped_column(Text)
+    performed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -19,6 +19,7 @@ from gateway.api import (
     inboxes,
     me,
     search,
+    sla,
     typing_indicator,
     users,
 )
@@ -40,6 +41,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     users.routes,
     composer.routes,
     search.routes,
+    sla.routes,
 )
 
 
