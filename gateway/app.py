@@ -68,14 +68,10 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             app[NOTIFIER] = celery
             await celery.start()
         yield
-        for sweep in (sweeps, snoozes):
+        for sweep in (sweeps, snoozes, sla_sweeps):
             if sweep is not None:
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)
-        for sweeping in (sweeps, sla_sweeps):
-            if sweeping is not None:
-                sweeping.cancel()
-                await asyncio.gather(sweeping, return_exceptions=True)
         if task is not None:
             # Let handlers in flight commit: one cut off mid-transaction can leave a task waiting on
             # a connection that is closed next (aiosqlite), and the event loop never shuts down.

@@ -56,7 +56,7 @@ def build_subscribers(
         subscribers.setdefault(topic, []).extend(handlers)
     # After routing's: a conversation's SLA policy may depend on the team routing just gave it.
     escalator = Escalator(db, Mailer(settings), public_url=lambda: settings.public_url)
-    for extra in (sla_subscribers(SlaClocks(db)), escalation_subscribers(escalator), crm_subscribers(db)):
+    for extra in (sla_subscribers(SlaClocks(db)), escalation_subscribers(escalator)):
         for topic, handlers in extra.items():
             subscribers.setdefault(topic, []).extend(handlers)
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
@@ -81,6 +81,8 @@ def routing_subscribers(assigner: Assigner) -> dict[str, list[Handler]]:
 async def wake_snoozed(runtime: Runtime) -> int:
     """Reopen the conversations whose snooze time has come (the Celery beat task's body)."""
     return await wake_due_snoozes(runtime.db)
+
+
 async def sweep_sla(db: Database) -> int:
     """One SLA sweep (the Celery beat task's body): emit the warnings and breaches that came due."""
     return await SlaClocks(db).sweep()

@@ -26,7 +26,7 @@ def _upgrade_on(connection: Connection, revision: str) -> None:
     command.upgrade(config, revision)
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "heads") -> None:
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Migrate the database behind `engine` to `revision`, in one transaction where the backend allows."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade_on, revision)

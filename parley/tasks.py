@@ -71,6 +71,9 @@ def wake_snoozed() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(wake(runtime["runtime"]))
+    return result
+
+
 def sla_sweep() -> int:
     """Emit the SLA warnings and breaches that came due (exactly once each, however many workers sweep)."""
     from gateway.wiring import sweep_sla

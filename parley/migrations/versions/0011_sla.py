@@ -1,7 +1,7 @@
 """SLAs: business-hours calendars, SLA policies, SLA clocks and escalation runs
 
-Revision ID: 0012s
-Revises: 0007 (assigned: 0006; the lead re-chains at merge)
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-11-24 10:45:00
 """
 
@@ -16,9 +16,9 @@ from sqlalchemy.dialects import postgresql
 
 import parley.db
 
-revision: str = "0012s"
+revision: str = "0011"
 # Assigned "0006"; chained after "0007" (web sessions, merged since) so this branch has one head.
-down_revision: str | None = "0007"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """The composer: private notes on messages, notifications (@mentions), canned responses
 
-Revision ID: 0008c
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-24 10:15:00
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import parley.db
 
-revision: str = "0008c"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

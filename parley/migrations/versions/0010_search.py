@@ -1,7 +1,7 @@
 """search: full-text indexes over message bodies and contacts (PostgreSQL GIN, SQLite FTS5)
 
-Revision ID: 0009s
-Revises: 0006
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-11-24 10:20:00
 
 None of these objects is in the SQLAlchemy models: `parley.migrate.include_name` keeps them out of
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0009s"
-down_revision: str | None = "0006"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """conversation actions: priority, snooze, merge, labels, per-agent read marks, the list's indexes
 
-Revision ID: 0007a
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-24 10:30:00
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 
 import parley.db
 
-revision: str = "0007a"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
