@@ -185,13 +185,13 @@ class PageWatch:
         self.problems: list[str] = []
 
     def attach(self, page: Page) -> None:
-        page.on("console", self._console)
+        page.on("console", lambda message: self._console(page, message))
         page.on("pageerror", lambda error: self.problems.append(f"script error: {error}"))
 
-    def _console(self, message: ConsoleMessage) -> None:
+    def _console(self, page: Page, message: ConsoleMessage) -> None:
         text = message.text
         if "Content Security Policy" in text or "Content-Security-Policy" in text:
-            self.problems.append(f"CSP violation: {text}")
+            self.problems.append(f"CSP violation on {page.url} ({message.location}): {text}")
 
 
 @dataclass
