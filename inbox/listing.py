@@ -46,7 +46,7 @@ from parley.db import UTCDateTime
 from parley.models import User
 
 View = Literal["mine", "unassigned", "all"]
-Sort = Literal["newest", "waiting", "priority"]
+Sort = Literal["newest", "waiting", "priority", "sla_due"]
 VIEWS: tuple[View, ...] = get_args(View)
 SORTS: tuple[Sort, ...] = get_args(Sort)
 
@@ -74,6 +74,9 @@ class ConversationFilters:
     # Conversation ids to keep, a subquery built above `inbox` (routing's team: see
     # `routing.filters.team_conversations`): the list need not know every package's tables.
     within: Select[Any] | None = None
+    # The conversation's next SLA due time as a correlated scalar subquery, built above `inbox`
+    # (`routing.sla.next_due_subquery`); the `sla_due` sort needs it.
+    sla_due: ColumnElement[Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +168,7 @@ def _int(value: Any) -> int:
     return value
 
 
-def _sort_keys(sort: Sort) -> list[_Key]:
+def _sort_keys(sort: Sort, filters: ConversationFilters | None = None) -> list[_Key]:
     by_id_desc = _Key(Conversation.id, True, _int)  # type: ignore[arg-type]
     newest = _Key(_last_activity(), True, _parse_time)
     if sort == "newest":
@@ -173,6 +176,12 @@ def _sort_keys(sort: Sort) -> list[_Key]:
     if sort == "waiting":
         waiting = func.coalesce(waiting_since_expression(), literal(_NEVER, UTCDateTime()))
         return [_Key(waiting, False, _parse_time), _Key(Conversation.id, False, _int)]  # type: ignore[arg-type]
+    if sort == "sla_due":
+        if filters is None or filters.sla_due is None:
+            raise ValueError("the sla_due sort needs ConversationFilters.sla_due")
+        # Soonest due first; conversations without a running clock after every real time.
+        due = func.coalesce(filters.sla_due, literal(_NEVER, UTCDateTime()))
+        return [_Key(due, False, _parse_time), _Key(Conversation.id, False, _int)]  # type: ignore[arg-type]
     return [_Key(_priority_rank(), True, _int), newest, by_id_desc]
 
 
@@ -356,7 +365,7 @@ def page_query(
     The page is chosen on `conversations` alone and only its rows are joined to contacts, inboxes
     and users: sorting a tenant's whole history must not drag every contact along.
     """
-    keys = _sort_keys(sort)
+    keys = _sort_keys(sort, filters)
     chosen = select(
         Conversation.id.label("id"), *(key.expression.label(f"sort_{i}") for i, key in enumerate(keys))
     )
@@ -414,13 +423,14 @@ async def list_conversations(
     """One page of the agent's conversation list; InvalidCursor if `cursor` is not one this returned.
 
     Sorts: `newest` (last message first), `waiting` (the oldest unanswered customer message first;
-    nothing unanswered last), `priority` (urgent first, then newest).
+    nothing unanswered last), `priority` (urgent first, then newest), `sla_due` (the soonest SLA
+    due first, conversations without a running clock last; needs `filters.sla_due`).
     """
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}")
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}")
-    keys = _sort_keys(sort)
+    keys = _sort_keys(sort, filters)
     after = None if cursor is None else _decode_cursor(cursor, sort, keys)
     stmt = page_query(
         tenant_id=tenant_id, user_id=user_id, view=view, filters=filters, sort=sort, limit=limit, after=after

@@ -33,6 +33,7 @@ from inbox import actions
 from inbox.listing import ConversationFilters, unread_counts, view_counts
 from inbox.models import Conversation, ConversationRead
 from routing.filters import team_conversations
+from routing.sla import next_due_subquery
 
 routes = RouteTable("conversation actions")
 
@@ -58,6 +59,7 @@ def filters_from(call: ApiRequest, query: Any) -> ConversationFilters:
         assignee_id=getattr(query, "assignee_id", None),
         contact_id=getattr(query, "contact_id", None),
         within=None if team_id is None else team_conversations(call.tenant_id, team_id),
+        sla_due=next_due_subquery(),
     )
 
 

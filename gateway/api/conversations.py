@@ -87,7 +87,8 @@ async def list_conversations(call: ApiRequest, *, query: ConversationQuery) -> C
 
     `view`: `mine` (assigned to the caller), `unassigned` or `all`. Filter by `status`, `inbox_id`,
     `channel`, `team_id`, `label`, `priority`, `contact_id` and `assignee_id` (`none`: unassigned).
-    `sort`: `newest`, `waiting` (the oldest unanswered customer message first) or `priority`. Each
+    `sort`: `newest`, `waiting` (the oldest unanswered customer message first), `priority` or
+    `sla_due` (the soonest SLA due first). Each
     conversation comes with its contact's name, inbox, last message, labels and the caller's
     unread count; `GET /conversations/counts` counts the views.
     """

@@ -48,6 +48,7 @@ from routing import assigner
 from routing.filters import team_conversations
 from routing.models import ConversationRouting, Team
 from routing.presence import ANSWERING_ROLES
+from routing.sla import next_due_subquery
 
 # The inbox is where conversations are answered: roles that only read them (marketers, bot
 # designers) use the contact timeline and the API instead.
@@ -194,6 +195,7 @@ class ListQuery:
             priority=self.priority,
             contact_id=self.contact_id,
             within=None if self.team_id is None else team_conversations(tenant_id, self.team_id),
+            sla_due=next_due_subquery(),
         )
 
 

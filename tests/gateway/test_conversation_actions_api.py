@@ -16,7 +16,7 @@ from inbox.models import Conversation, ConversationStatus, Message
 from parley.db import utcnow
 from parley.models import OutboxEvent, Role
 from parley.tasks import SNOOZE_TASK, celery_app
-from routing.models import ConversationRouting, Team
+from routing.models import ConversationRouting, SlaClock, SlaPolicy, Team
 from tests.conftest import TenantAccess, eventually, make_tenant
 from tests.fakes.twilio_api import load_fixture, sign
 from tests.gateway.test_api import Api, add_conversation, api
@@ -440,3 +440,56 @@ async def test_the_list_views_filters_sorts_and_counts(api: Api) -> None:
     assert counts["all"] == {"total": 2, "unread": 1}
     status, counts = await api.call("GET", "/conversations/counts", who=globex)
     assert counts["all"] == {"total": 1, "unread": 0}  # globex's own conversation has no messages
+
+
+async def test_the_list_sorts_by_the_soonest_sla_due(api: Api) -> None:
+    sms = await api.create_inbox()
+    _, later = await add_conversation(api.db, api.admin.tenant_id, sms, "+14155550110")
+    _, sooner = await add_conversation(api.db, api.admin.tenant_id, sms, "+14155550111")
+    _, untimed = await add_conversation(api.db, api.admin.tenant_id, sms, "+14155550112")
+    now = utcnow()
+    async with api.db.transaction() as session:
+        policy = SlaPolicy(tenant_id=api.admin.tenant_id, name="Standard", first_response_minutes=60)
+        session.add(policy)
+        await session.flush()
+
+        def clock(conversation_id: int, kind: str, due_in: timedelta, **extra: Any) -> SlaClock:
+            return SlaClock(
+                tenant_id=api.admin.tenant_id,
+                conversation_id=conversation_id,
+                policy_id=policy.id,
+                kind=kind,
+                target_minutes=60,
+                started_at=now,
+                warn_at=now + due_in * 0.8,
+                due_at=now + due_in,
+                **extra,
+            )
+
+        session.add_all(
+            [
+                clock(later, "first_response", timedelta(hours=2)),
+                clock(sooner, "resolution", timedelta(minutes=30)),
+                # Paused and stopped clocks do not count: the conversation waits on the customer.
+                clock(later, "resolution", timedelta(minutes=5), paused_at=now),
+                clock(untimed, "first_response", timedelta(minutes=1), stopped_at=now),
+            ]
+        )
+
+    status, page = await api.call("GET", "/conversations", params={"status": "open", "sort": "sla_due"})
+    assert status == 200, page
+    assert [c["id"] for c in page["data"]] == [sooner, later, untimed]
+    # Page by page, the cursor keeps the same order.
+    seen: list[int] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"status": "open", "sort": "sla_due", "limit": 1}
+        if cursor:
+            params["cursor"] = cursor
+        status, page = await api.call("GET", "/conversations", params=params)
+        assert status == 200, page
+        seen += [c["id"] for c in page["data"]]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    assert seen == [sooner, later, untimed]
