@@ -16,9 +16,8 @@ each is emitted exactly once, however many sweeps run at once (`FOR UPDATE SKIP 
 PostgreSQL; SQLite has a single writer).
 
 "Now" is a function given to `SlaClocks` (`clock=`), so tests move time forward instead of sleeping.
-Conversations do not have a priority column on this branch yet (branch `actions` adds
-`conversations.priority`): `conversation_priority` reads it when the model has it, and otherwise
-maps the routing priority (`conversation_routing.priority`) onto the levels with `ROUTING_PRIORITY`.
+A conversation's level is its `conversations.priority` (`conversation_priority`); the routing
+queue's integer priority maps onto the same levels with `ROUTING_PRIORITY` when escalations raise it.
 """
 
 from __future__ import annotations

@@ -345,11 +345,9 @@ async def test_the_most_specific_policy_of_the_tenant_applies(world: World, db: 
     assert (await clocks_of(world, in_sales))["first_response"].target_minutes == 60
     assert (await clocks_of(world, in_support))["first_response"].target_minutes == 20
 
-    # Routing priority 40 is `urgent` until conversations carry their own priority (branch `actions`).
+    # The conversation's own priority picks the policy (set by an agent, a rule or an escalation).
     async with db.transaction() as session:
-        routing = await session.get(ConversationRouting, in_support)
-        assert routing is not None
-        routing.priority = 40
+        (await session.get_one(Conversation, in_support)).priority = "urgent"
     await set_status(db, world.tenant_id, in_support, ConversationStatus.RESOLVED)
     await set_status(db, world.tenant_id, in_support, ConversationStatus.OPEN)
     await world.run()
