@@ -5,7 +5,7 @@ a throwaway database, then measures sequentially, each against a bare indexed SQ
 the same rows, in the same run:
 
 - the conversation list: a tenant's open conversations, newest first, 25 rows with the contact's
-  name and the last message's preview (`LIST_CONVERSATIONS`, below: swap the function there);
+  name and the last message's preview, as the inbox lists them (`inbox.listing.list_conversations`);
 - search: `inbox.search.search()` for message text and for contacts, over a handful of realistic
   terms (words, a prefix being typed, a phrase, an exclusion, a very common word, names).
 
@@ -34,13 +34,10 @@ SCRIPT = Path(__file__).resolve()
 sys.path[:0] = [str(SCRIPT.parent.parent), str(SCRIPT.parent)]
 
 from ingest import fresh_database, machine_busy_now, postgres_server, server_facts  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
-from crm_core.models import Contact  # noqa: E402
-from gateway.api.pagination import fetch_page  # noqa: E402
-from gateway.api.schemas import ConversationQuery  # noqa: E402
-from inbox.models import Conversation, ConversationStatus, Message  # noqa: E402
+from inbox.listing import ConversationFilters, list_conversations  # noqa: E402
+from inbox.models import ConversationStatus  # noqa: E402
 from inbox.search import search  # noqa: E402
 from parley.db import Database  # noqa: E402
 from parley.migrate import upgrade  # noqa: E402
@@ -64,41 +61,26 @@ class ListRow:
     last_message_at: datetime | None
 
 
-async def list_as_the_api_does(session: AsyncSession, tenant_id: int, limit: int) -> list[ListRow]:
-    """`GET /api/v1/conversations?status=open` as it stands (`fetch_page` over the ORM), plus what a
-    list row shows beside it: the contacts' names and the last messages, batched (two queries)."""
-    stmt = select(Conversation).where(
-        Conversation.tenant_id == tenant_id, Conversation.status == ConversationStatus.OPEN
-    )
-    page, _ = await fetch_page(
-        session, stmt, Conversation.id, ConversationQuery(status=ConversationStatus.OPEN, limit=limit)
-    )
-    ids = [c.id for c in page]
-    names = dict(
-        (
-            await session.execute(
-                select(Contact.id, Contact.name).where(Contact.id.in_({c.contact_id for c in page}))
-            )
-        ).all()
-    )
-    last_ids = (
-        select(func.max(Message.id)).where(Message.conversation_id.in_(ids)).group_by(Message.conversation_id)
-    )
-    bodies = dict(
-        (
-            await session.execute(
-                select(Message.conversation_id, Message.body).where(Message.id.in_(last_ids))
-            )
-        ).all()
+async def list_as_the_ui_does(session: AsyncSession, tenant_id: int, limit: int) -> list[ListRow]:
+    """The inbox's list (`inbox.listing.list_conversations`, what `/inbox` and `GET /conversations`
+    run): a tenant's open conversations, newest activity first, with everything a row shows (contact,
+    inbox, assignee, last message preview, labels, the agent's unread count, waiting since)."""
+    page = await list_conversations(
+        session,
+        tenant_id=tenant_id,
+        user_id=0,  # nobody's read marks: every customer message counts as unread, the costliest case
+        view="all",
+        filters=ConversationFilters(status=ConversationStatus.OPEN),
+        sort="newest",
+        limit=limit,
     )
     return [
-        ListRow(c.id, names.get(c.contact_id), bodies.get(c.id, "")[:PREVIEW], c.last_message_at)
-        for c in page
+        ListRow(r.conversation.id, r.contact_name, r.last_message_preview[:PREVIEW], r.last_message_at)
+        for r in page.rows
     ]
 
 
-# The one line to change when `inbox.listing.list_conversations` lands (same signature and rows).
-LIST_CONVERSATIONS: Callable[[AsyncSession, int, int], Awaitable[list[ListRow]]] = list_as_the_api_does
+LIST_CONVERSATIONS: Callable[[AsyncSession, int, int], Awaitable[list[ListRow]]] = list_as_the_ui_does
 
 BARE_LIST = f"""
     SELECT c.id, ct.name, left(lm.body, {PREVIEW}) AS preview, c.last_message_at
@@ -108,7 +90,7 @@ BARE_LIST = f"""
         SELECT body FROM messages m WHERE m.conversation_id = c.id ORDER BY m.id DESC LIMIT 1
     ) lm ON true
     WHERE c.tenant_id = $1 AND c.status = 'open'
-    ORDER BY c.id DESC
+    ORDER BY coalesce(c.last_message_at, c.created_at) DESC, c.id DESC
     LIMIT {PAGE}"""  # noqa: S608 - constants
 
 # --- search: the bare queries ---------------------------------------------------------------------
