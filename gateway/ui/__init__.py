@@ -14,13 +14,14 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from gateway.api.permissions import Permission
 from gateway.ui.account_views import setup_account_routes
 from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.inbox_views import setup_inbox_routes
-from gateway.ui.web import security_headers
+from gateway.ui.web import Ui, page, redirect, security_headers
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -33,8 +34,21 @@ def _clock(moment: datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M}"
 
 
-async def _home(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/inbox")
+# Where "/" leads: the first page of these the user's role may open (a marketer has no inbox).
+HOME_PAGES = (
+    (Permission.SEND_MESSAGES, "/inbox"),
+    (Permission.READ_CONTACTS, "/contacts"),
+    (Permission.MANAGE_INBOXES, "/admin"),
+    (Permission.MANAGE_ROUTING, "/admin"),
+)
+
+
+@page()
+async def _home(ui: Ui) -> web.StreamResponse:
+    for permission, path in HOME_PAGES:
+        if ui.may(permission):
+            return redirect(path)
+    return redirect("/account")
 
 
 def setup_ui(app: web.Application) -> None:

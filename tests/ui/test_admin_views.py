@@ -94,6 +94,24 @@ async def test_each_role_sees_only_the_admin_screens_it_may(
             assert shown == tabs
 
 
+@pytest.mark.parametrize(
+    ("role", "home"),
+    [
+        (Role.ADMIN, "/inbox"),
+        (Role.AGENT, "/inbox"),
+        (Role.MARKETER, "/contacts"),
+        (Role.BOT_DESIGNER, "/contacts"),
+    ],
+)
+async def test_home_leads_each_role_to_a_page_it_may_open(setup: Admin, role: Role, home: str) -> None:
+    who = setup.admin if role is Role.ADMIN else await setup.ui.person(role)
+    landing = await setup.ui.get(who, "/")
+    assert (landing.status, landing.headers["Location"]) == (303, home)
+    assert (await setup.ui.get(who, home)).status == 200
+    anonymous = await setup.ui.client.get("/", allow_redirects=False)
+    assert anonymous.status in (302, 303) and anonymous.headers["Location"].startswith("/login")
+
+
 async def test_inbox_pages_show_the_webhook_urls_and_never_the_secrets(setup: Admin) -> None:
     ui, admin = setup.ui, setup.admin
     status, inbox = await ui.api(

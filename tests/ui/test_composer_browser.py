@@ -275,6 +275,10 @@ async def test_inside_the_window_a_countdown_and_the_phone_layout(desk: Desk) ->
     await expect(box).to_be_visible()
     width = await box.evaluate("el => el.getBoundingClientRect().width")
     assert 300 < width <= 390
+    # The top bar fits the phone: nothing pushes the page wider than the screen, sign-out in reach.
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    sign_out = await page.get_by_role("button", name="Sign out").bounding_box()
+    assert sign_out is not None and sign_out["x"] + sign_out["width"] <= 390
     await screenshot(page, "composer-phone")
 
 
