@@ -19,8 +19,9 @@ The protocol, JSON text frames:
    `{"type": "ping"}` is answered with `pong`. Anything else gets an `error` frame.
 
 Each socket counts toward its agent's presence (`routing.presence.SocketPresence`): when an agent's
-last socket closes, they go offline after a grace period. A socket that falls too far behind is
-closed with 4408; its page reconnects and catches up. The session or token is checked again every
+last socket closes (on every gateway: a Redis census with `PARLEY_REDIS_URL`), they go offline
+after a grace period. A socket that falls too far behind is closed with 4408; its page reconnects
+and catches up. The session or token is checked again every
 minute or so: signed out, revoked or deactivated closes the socket with 4401.
 
 A limit of resuming from one id: the dispatcher publishes a conversation's events in id order, but
@@ -59,7 +60,7 @@ from parley.models import OutboxEvent, Role, User
 from parley.outbox import Event, Handler, RetryLater
 from parley.realtime import Hub, HubUnavailable, LocalHub, Subscription
 from parley.sessions import SESSION_COOKIE, resume_session
-from routing.presence import SocketPresence
+from routing.presence import RedisSocketCensus, SocketPresence
 
 logger = logging.getLogger(__name__)
 
@@ -685,7 +686,10 @@ def setup_live(app: web.Application, *, presence_grace: float = PRESENCE_GRACE_S
         if notifier is not None:
             notifier.notify()
 
-    app[LIVE] = LiveState(SocketPresence(app[DB], grace=presence_grace, notify=wake), TenantFeeds(app[HUB]))
+    redis_url = app[SETTINGS].redis_url
+    census = None if redis_url is None else RedisSocketCensus(redis_url)
+    presence = SocketPresence(app[DB], grace=presence_grace, notify=wake, census=census)
+    app[LIVE] = LiveState(presence, TenantFeeds(app[HUB]))
 
     async def close_sockets(app: web.Application) -> None:
         # Going away: pages reconnect (to another process behind the balancer) and catch up.
