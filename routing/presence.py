@@ -86,10 +86,14 @@ class RedisSocketCensus:
     async def held_elsewhere(self, user_id: int) -> bool:
         """True while another live process holds a socket of the agent."""
         members = await self._redis.zrangebyscore(self._key(user_id), time.time(), "+inf")
-        return any(m.decode() != self.process for m in members)
+        return any(_text(m) != self.process for m in members)
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _text(member: object) -> str:
+    return member.decode() if isinstance(member, bytes) else str(member)
 
 
 class SocketPresence:
