@@ -24,6 +24,21 @@ LATER = (datetime.now(UTC) + timedelta(days=2)).isoformat()
 SOONISH = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
 PAST = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
 
+TASK_ROUTES = {
+    ("get", "/api/v1/tasks"),
+    ("post", "/api/v1/tasks"),
+    ("get", "/api/v1/tasks/{task_id}"),
+    ("patch", "/api/v1/tasks/{task_id}"),
+    ("delete", "/api/v1/tasks/{task_id}"),
+    ("post", "/api/v1/tasks/{task_id}/complete"),
+    ("post", "/api/v1/tasks/{task_id}/reopen"),
+    ("get", "/api/v1/task-rules"),
+    ("post", "/api/v1/task-rules"),
+    ("get", "/api/v1/task-rules/{rule_id}"),
+    ("patch", "/api/v1/task-rules/{rule_id}"),
+    ("delete", "/api/v1/task-rules/{rule_id}"),
+}
+
 
 @pytest_asyncio.fixture
 async def api(aiohttp_client: ClientFactory, db: Database, settings: Settings) -> Api:
