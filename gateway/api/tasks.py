@@ -46,11 +46,13 @@ from routing.task_engine import IDLE_DEAL_TRIGGER, validate_rule
 
 routes = RouteTable("tasks")
 
-_NEVER = dt.datetime(9999, 12, 31, tzinfo=UTC)
+NO_DUE_DATE = dt.datetime(9999, 12, 31, tzinfo=UTC)
 _SORT_KEYS = {
     "id": SortKey(Task.id, lambda t: t.id, int),
     # Tasks without a due date sort last (ascending): as if due at the end of time.
-    "due_at": SortKey(func.coalesce(Task.due_at, _NEVER), lambda t: t.due_at or _NEVER, iso_datetime),
+    "due_at": SortKey(
+        func.coalesce(Task.due_at, NO_DUE_DATE), lambda t: t.due_at or NO_DUE_DATE, iso_datetime
+    ),
     "created_at": SortKey(Task.created_at, lambda t: t.created_at, iso_datetime),
     "updated_at": SortKey(Task.updated_at, lambda t: t.updated_at, iso_datetime),
 }
