@@ -21,6 +21,7 @@ from parley.mailer import Mailer
 from parley.models import OutboxEvent, Presence, Role
 from parley.outbox import Dispatcher, emit
 from parley.settings import Settings
+from routing.models import BusinessCalendarRecord
 from routing.task_engine import TaskEngine, task_rule_subscribers
 from routing.task_timers import TaskMailer, TaskTimers, task_timer_subscribers
 from tests.conftest import free_port, make_tenant
@@ -421,3 +422,28 @@ async def test_the_celery_beat_tasks_sweep(
 
     assert await asyncio.to_thread(in_a_worker) == (1, 0, 0, 0)
     assert len(await topics(db, "task.overdue")) == 1
+
+
+async def test_a_rule_counts_its_due_time_in_business_hours(world: World, db: Database) -> None:
+    tenant = world.tenant_id
+    async with db.transaction() as session:
+        calendar = BusinessCalendarRecord(
+            tenant_id=tenant,
+            name="Office",
+            time_zone="UTC",
+            hours={day: [["09:00", "17:00"]] for day in ("mon", "tue", "wed", "thu", "fri")},
+        )
+        session.add(calendar)
+        await session.flush()
+        calendar_id = calendar.id
+    await add_rule(
+        db,
+        tenant,
+        trigger="contact.lifecycle_changed",
+        template={"title": "Qualify", "due_in_hours": 10, "business_hours": True, "calendar_id": calendar_id},
+    )
+    await world.emit("contact.lifecycle_changed", {"contact_id": await add_contact(db, tenant)})
+    (task,) = await tasks_of(db, tenant)
+    # Monday 09:00 + 10 business hours: Monday's 8, then 2 on Tuesday.
+    assert task.due_at == datetime(2026, 11, 24, 11, 0, tzinfo=UTC)
+    assert task.assignee_id is None  # no assignee rule: the task waits for someone to take it
