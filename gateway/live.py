@@ -112,7 +112,7 @@ AGENT_TOPICS: Mapping[str, AgentTopic] = {
         ("conversation_id", "inbox_id", "message_id", "author_id", "private", "mentions")
     ),
     "notification.created": AgentTopic(
-        ("notification_id", "user_id", "kind", "conversation_id", "message_id", "actor_id"),
+        ("notification_id", "user_id", "kind", "conversation_id", "message_id", "actor_id", "task_id"),
         permission=None,
         personal=True,
     ),

@@ -22,6 +22,8 @@ from parley.settings import Settings
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 from routing.escalation import Escalator, escalation_subscribers
 from routing.sla import SlaClocks, sla_subscribers
+from routing.task_engine import TaskEngine, task_rule_subscribers
+from routing.task_timers import TaskMailer, TaskTimers, task_timer_subscribers
 
 
 @dataclass(slots=True)
@@ -56,7 +58,14 @@ def build_subscribers(
         subscribers.setdefault(topic, []).extend(handlers)
     # After routing's: a conversation's SLA policy may depend on the team routing just gave it.
     escalator = Escalator(db, Mailer(settings), public_url=lambda: settings.public_url)
-    for extra in (sla_subscribers(SlaClocks(db)), escalation_subscribers(escalator)):
+    # Task rules follow domain events; reminders and overdue notices are mailed after they fire.
+    task_mailer = TaskMailer(db, Mailer(settings), public_url=lambda: settings.public_url)
+    for extra in (
+        sla_subscribers(SlaClocks(db)),
+        escalation_subscribers(escalator),
+        task_rule_subscribers(TaskEngine(db)),
+        task_timer_subscribers(task_mailer),
+    ):
         for topic, handlers in extra.items():
             subscribers.setdefault(topic, []).extend(handlers)
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
@@ -86,6 +95,21 @@ async def wake_snoozed(runtime: Runtime) -> int:
 async def sweep_sla(db: Database) -> int:
     """One SLA sweep (the Celery beat task's body): emit the warnings and breaches that came due."""
     return await SlaClocks(db).sweep()
+
+
+async def sweep_task_timers(db: Database) -> int:
+    """One task timer sweep (a Celery beat task's body): fire due reminders and overdue notices."""
+    return await TaskTimers(db).sweep()
+
+
+async def sweep_idle_deals(db: Database) -> int:
+    """One idle-deal sweep (a Celery beat task's body): the tasks of `deal.idle` rules."""
+    return await TaskEngine(db).sweep_idle_deals()
+
+
+async def sweep_routing(db: Database) -> int:
+    """One routing sweep (a Celery beat task's body): serve queues whose overflow wait or hours came."""
+    return await Assigner(db).sweep()
 
 
 def build_media_store(settings: Settings) -> MediaStore:

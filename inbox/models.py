@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from crm_core.tasks import Task
 from parley.db import Base, BigId, utcnow
 
 
@@ -235,6 +236,8 @@ class Message(Base):
 
 class NotificationKind(StrEnum):
     MENTION = "mention"
+    TASK_REMINDER = "task_reminder"
+    TASK_OVERDUE = "task_overdue"
 
 
 class Notification(Base):
@@ -255,6 +258,8 @@ class Notification(Base):
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     read_at: Mapped[datetime | None]
+    # Task reminders and overdue notices (migration 0012).
+    task_id: Mapped[int | None] = mapped_column(ForeignKey(Task.id, ondelete="CASCADE"))
 
 
 class CannedResponse(Base):

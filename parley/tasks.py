@@ -16,6 +16,9 @@ DISPATCH_TASK = "parley.dispatch"
 PURGE_TASK = "parley.purge_outbox"
 SNOOZE_TASK = "parley.wake_snoozed"
 SLA_SWEEP_TASK = "parley.sla_sweep"
+TASK_TIMERS_TASK = "parley.task_timers"
+IDLE_DEALS_TASK = "parley.idle_deal_sweep"
+ROUTING_SWEEP_TASK = "parley.routing_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -40,6 +43,11 @@ def celery_app(broker_url: str) -> Celery:
             "snooze-sweep": {"task": SNOOZE_TASK, "schedule": 15.0},
             # SLA warnings and breaches come due without an event: beat looks for them.
             "sla-sweep": {"task": SLA_SWEEP_TASK, "schedule": 15.0},
+            # Task reminders and overdue notices (exactly once each), deals going idle, and the
+            # routing queues whose overflow wait or working hours came: all time, no event.
+            "task-timers": {"task": TASK_TIMERS_TASK, "schedule": 15.0},
+            "idle-deal-sweep": {"task": IDLE_DEALS_TASK, "schedule": 300.0},
+            "routing-sweep": {"task": ROUTING_SWEEP_TASK, "schedule": 15.0},
         },
         timezone="UTC",
     )
@@ -47,6 +55,9 @@ def celery_app(broker_url: str) -> Celery:
     app.task(name=PURGE_TASK)(purge_outbox)
     app.task(name=SNOOZE_TASK)(wake_snoozed)
     app.task(name=SLA_SWEEP_TASK)(sla_sweep)
+    app.task(name=TASK_TIMERS_TASK)(task_timers)
+    app.task(name=IDLE_DEALS_TASK)(idle_deal_sweep)
+    app.task(name=ROUTING_SWEEP_TASK)(routing_sweep)
     _apps[broker_url] = app
     return app
 
@@ -80,6 +91,33 @@ def sla_sweep() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(sweep_sla(runtime["runtime"].db))
+    return result
+
+
+def task_timers() -> int:
+    """Fire the task reminders and overdue notices that came due (exactly once each)."""
+    from gateway.wiring import sweep_task_timers
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_task_timers(runtime["runtime"].db))
+    return result
+
+
+def idle_deal_sweep() -> int:
+    """Create the tasks of `deal.idle` rules for deals that went idle."""
+    from gateway.wiring import sweep_idle_deals
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_idle_deals(runtime["runtime"].db))
+    return result
+
+
+def routing_sweep() -> int:
+    """Serve the routing queues whose overflow wait ended or whose agents' hours began."""
+    from gateway.wiring import sweep_routing
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_routing(runtime["runtime"].db))
     return result
 
 

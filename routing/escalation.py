@@ -9,11 +9,11 @@ A policy's `escalations` is a list of actions, each with `on` (`warning`, `breac
 - `notify_in_app`, `notify_email`: to `user_ids`, the conversation's assignee (`to_assignee`),
   the tenant's supervisors (`to_supervisors`) and, for email, plain `emails` too;
 - `notify_slack`: a message to a Slack incoming-webhook `webhook_url`;
-- `create_task`: a follow-up `title` for the assignee or a supervisor.
+- `create_task`: a real task (`crm_core.tasks`, type `escalation`) about the conversation, titled
+  `title`, for the assignee or a supervisor (`assignee`), due `due_in_minutes` later (default 60).
 
-Parley has no notifications table nor tasks on this branch: in-app notices are an
-`escalation.notify` outbox event with the recipients (the realtime hub or a notifications table
-consumes it), and tasks an `escalation.task_requested` event with the details.
+In-app notices are an `escalation.notify` outbox event with the recipients (the realtime hub or a
+notifications table consumes it).
 
 Each action runs once per clock and stage: `sla_escalation_runs` records it. Database actions
 record themselves in the transaction that performs them (exactly once); email and Slack are
@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import aiohttp
@@ -36,6 +36,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_core.tasks import DEFAULT_REMINDER_LEAD, TaskType, create_task, remind_time
 from inbox.models import Conversation, ConversationStatus
 from parley.db import Database, utcnow
 from parley.mailer import Mailer, MailNotSent
@@ -48,7 +49,6 @@ from routing.sla import PRIORITIES, ROUTING_PRIORITY, conversation_priority
 logger = logging.getLogger(__name__)
 
 NOTIFY_TOPIC = "escalation.notify"
-TASK_TOPIC = "escalation.task_requested"
 UPDATED_TOPIC = "conversation.updated"
 
 STAGES = ("warning", "breach")
@@ -449,28 +449,35 @@ async def _notify_in_app(
 async def _create_task(
     session: AsyncSession, incident: Incident, conversation: Conversation, action: Mapping[str, Any]
 ) -> str | None:
+    routing = await session.get(ConversationRouting, conversation.id)
+    team_id = routing.team_id if routing else None
     assignee: int | None = None
     if action.get("assignee") == "supervisor":
-        routing = await session.get(ConversationRouting, conversation.id)
-        assignee = await pick_supervisor(session, incident.tenant_id, routing.team_id if routing else None)
+        assignee = await pick_supervisor(session, incident.tenant_id, team_id)
     elif action.get("assignee", "assignee") == "assignee":
         assignee = conversation.assignee_id
-    await emit(
+    due_in = action.get("due_in_minutes", 60)
+    due_at = utcnow() + timedelta(minutes=float(due_in)) if isinstance(due_in, int | float) else None
+    await create_task(
         session,
         incident.tenant_id,
-        (
-            TASK_TOPIC,
-            {
-                "conversation_id": conversation.id,
-                "contact_id": conversation.contact_id,
-                "clock_id": incident.clock_id,
-                "stage": incident.stage,
-                "kind": incident.kind,
-                "title": str(action.get("title") or incident.headline)[:200],
-                "assignee_id": assignee,
-                "due_at": incident.due_at.isoformat(),
-            },
-        ),
+        {
+            "type": TaskType.ESCALATION.value,
+            "title": str(action.get("title") or incident.headline)[:200],
+            "description": incident.headline,
+            "priority": await conversation_priority(session, conversation.id),
+            "due_at": due_at,
+            "remind_at": remind_time(due_at, DEFAULT_REMINDER_LEAD if due_at else None),
+            "assignee_id": assignee,
+            "team_id": team_id,
+            "source": "escalation",
+            "contact_id": conversation.contact_id,
+            "conversation_id": conversation.id,
+            "suggested_action": {"kind": "open_conversation", "label": "Answer the conversation"},
+        },
+        # Runs are recorded once per clock, stage and action, so this never collides in practice;
+        # the key keeps a redelivered breach from making a second task even so.
+        dedupe_key=f"sla:{incident.clock_id}:{incident.stage}:{str(action.get('title') or '')[:120]}",
     )
     return None
 

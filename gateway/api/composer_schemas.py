@@ -46,10 +46,13 @@ class NoteOut(MessageOut):
 
 class NotificationOut(ResponseBody):
     id: int
-    kind: str = Field(description="`mention`: mentioned in a note.")
+    kind: str = Field(
+        description="`mention`: mentioned in a note; `task_reminder`, `task_overdue`: about `task_id`."
+    )
     conversation_id: int | None
     message_id: int | None
     actor_id: int | None = Field(description="Who caused it (the note's author).")
+    task_id: int | None = None
     created_at: datetime
     read_at: datetime | None
 

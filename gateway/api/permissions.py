@@ -26,6 +26,10 @@ class Permission(StrEnum):
     MANAGE_SCORING = "scoring:manage"
     MANAGE_CANNED_RESPONSES = "canned_responses:manage"
     MANAGE_LABELS = "labels:manage"  # create, rename, delete; anyone who reads conversations reads them
+    READ_TASKS = "tasks:read"
+    WRITE_TASKS = "tasks:write"  # create tasks; change, complete and reopen one's own and unassigned ones
+    MANAGE_TASKS = "tasks:manage"  # change or delete anyone's tasks
+    MANAGE_TASK_RULES = "task_rules:manage"
 
 
 _EVERYTHING = frozenset(Permission)
@@ -45,6 +49,8 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.MANAGE_SCORING,
         Permission.MANAGE_CANNED_RESPONSES,
         Permission.MANAGE_LABELS,
+        Permission.MANAGE_TASKS,
+        Permission.MANAGE_TASK_RULES,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
     Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},

@@ -21,6 +21,7 @@ from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.inbox_views import setup_inbox_routes
+from gateway.ui.task_views import setup_task_routes
 from gateway.ui.web import Ui, page, redirect, security_headers
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -71,3 +72,4 @@ def setup_ui(app: web.Application) -> None:
     setup_inbox_routes(app)
     setup_composer_routes(app)
     setup_admin_routes(app)
+    setup_task_routes(app)

@@ -32,12 +32,13 @@ from sqlalchemy import select
 
 from channels.registry import channel_class
 from crm_core.models import Contact
+from crm_core.tasks import Task
 from gateway.api.permissions import Permission
 from gateway.keys import MEDIA
 from gateway.ui.web import Ui, page
 from inbox.canned import template_variables
 from inbox.lookup import NotFoundError, conversation_with_inbox
-from inbox.models import Conversation, Message, Notification
+from inbox.models import Conversation, Message, Notification, NotificationKind
 from inbox.notes import list_notifications
 from inbox.reply_options import reply_options
 from parley.db import utcnow
@@ -332,6 +333,7 @@ class NotificationItem:
     snippet: str
     href: str
     created_local: datetime | None
+    what: str = "mentioned you"
 
 
 @page()
@@ -379,9 +381,24 @@ async def _describe(ui: Ui, notifications: Any) -> list[NotificationItem]:
             )
         ).all()
     }
+    task_titles = await _task_titles(ui, {n.task_id for n in notifications if n.task_id is not None})
     items = []
     for n in notifications:
         assert isinstance(n, Notification)
+        if n.task_id is not None:  # a task reminder or overdue notice (routing.task_timers)
+            items.append(
+                NotificationItem(
+                    id=n.id,
+                    unread=n.read_at is None,
+                    actor="Parley",
+                    contact="",
+                    snippet=task_titles.get(n.task_id, ""),
+                    href="/tasks",
+                    created_local=ui.local(n.created_at),
+                    what="task overdue:" if n.kind == NotificationKind.TASK_OVERDUE else "task due soon:",
+                )
+            )
+            continue
         body = " ".join((bodies.get(n.message_id) or "").split())
         snippet = body if len(body) <= SNIPPET_LENGTH else body[: SNIPPET_LENGTH - 1] + "…"
         href = f"/inbox/c/{n.conversation_id}" + (f"#m{n.message_id}" if n.message_id else "")
@@ -399,6 +416,15 @@ async def _describe(ui: Ui, notifications: Any) -> list[NotificationItem]:
             )
         )
     return items
+
+
+async def _task_titles(ui: Ui, task_ids: set[int]) -> dict[int, str]:
+    if not task_ids:
+        return {}
+    rows = await ui.session.execute(
+        select(Task.id, Task.title).where(Task.tenant_id == ui.tenant_id, Task.id.in_(task_ids))
+    )
+    return {row.id: row.title for row in rows.all()}
 
 
 def setup_composer_routes(app: web.Application) -> None:

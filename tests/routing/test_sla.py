@@ -14,6 +14,7 @@ import pytest_asyncio
 from aiohttp import web
 from sqlalchemy import func, select
 
+from crm_core.tasks import Task
 from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
 from inbox.service import queue_outbound
 from parley.db import Database
@@ -441,12 +442,16 @@ async def test_warnings_and_breaches_escalate_once_each(
             await session.scalars(select(Assignment.reason).where(Assignment.conversation_id == conversation))
         ).all()
     assert list(reasons)[-1] == "escalation"
-    (task,) = await topics(db, "escalation.task_requested")
-    assert (task["title"], task["assignee_id"], task["stage"]) == (
+    async with db.sessionmaker() as session:
+        (task,) = (await session.scalars(select(Task))).all()
+    assert (task.title, task.assignee_id, task.type, task.source) == (
         "Call the customer back",
         supervisor,
-        "breach",
+        "escalation",
+        "escalation",
     )
+    assert task.conversation_id == conversation and task.due_at is not None
+    assert len(await topics(db, "task.created")) == 1
     assert len(slack.posts) == 2 and "missed" in slack.posts[1]["text"]
 
     # The breach delivered again (at least once): nothing is done twice.
@@ -455,7 +460,9 @@ async def test_warnings_and_breaches_escalate_once_each(
     await world.escalator.on_sla_event(again)
     await world.run()
     assert len(slack.posts) == 2 and len(smarthost.received) == 2
-    assert len(await topics(db, "escalation.task_requested")) == 1
+    assert len(await topics(db, "task.created")) == 1
+    async with db.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Task)) == 1
     async with db.sessionmaker() as session:
         runs = (await session.execute(select(SlaEscalationRun.stage, SlaEscalationRun.outcome))).all()
         assignments = await session.scalar(
