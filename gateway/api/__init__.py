@@ -20,6 +20,7 @@ from gateway.api import (
     me,
     search,
     sla,
+    timeline,
     typing_indicator,
     users,
 )
@@ -42,6 +43,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     composer.routes,
     search.routes,
     sla.routes,
+    timeline.routes,
 )
 
 
