@@ -28,6 +28,7 @@ from inbox.timeline_feed import (
     contact_timeline,
     wanted_kinds,
 )
+from parley.models import Role
 
 routes = RouteTable("timeline")
 
@@ -63,18 +64,25 @@ class TimelineOut(ResponseBody):
     next_cursor: str | None = Field(description="Pass as `before` for older items; null when none are left.")
 
 
-def _kinds(call: ApiRequest, query: TimelineQuery) -> Collection[str]:
-    """The kinds asked for (422 on an unknown one), less those the caller's role may not read."""
-    asked = [k.strip() for k in (query.kind or "").split(",") if k.strip()]
+def visible_kinds(role: Role, asked: Collection[str]) -> set[str]:
+    """The kinds asked for (all if none), less those `role` may not read; ValueError names unknown ones."""
     unknown = [k for k in asked if not wanted_kinds([k])]
     if unknown:
-        raise field_errors({"query.kind": f"unknown kinds: {', '.join(unknown)}"})
+        raise ValueError(", ".join(unknown))
     kinds = set(wanted_kinds(asked))
-    if not allows(call.principal.role, Permission.READ_CONVERSATIONS):
+    if not allows(role, Permission.READ_CONVERSATIONS):
         kinds -= wanted_kinds(["message", "call", "voicemail", "conversation"])
-    if not allows(call.principal.role, Permission.READ_DEALS):
+    if not allows(role, Permission.READ_DEALS):
         kinds -= wanted_kinds(["deal"])
     return kinds
+
+
+def _kinds(call: ApiRequest, query: TimelineQuery) -> Collection[str]:
+    asked = [k.strip() for k in (query.kind or "").split(",") if k.strip()]
+    try:
+        return visible_kinds(call.principal.role, asked)
+    except ValueError as e:
+        raise field_errors({"query.kind": f"unknown kinds: {e}"}) from None
 
 
 def _out(page: TimelinePage) -> TimelineOut:
