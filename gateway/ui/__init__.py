@@ -19,6 +19,7 @@ from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
+from gateway.ui.deal_views import setup_deal_routes
 from gateway.ui.inbox_views import setup_inbox_routes
 from gateway.ui.timeline_views import setup_timeline_routes
 from gateway.ui.web import security_headers
@@ -56,6 +57,7 @@ def setup_ui(app: web.Application) -> None:
     setup_account_routes(app)
     setup_contact_routes(app)
     setup_timeline_routes(app)
+    setup_deal_routes(app)
     setup_inbox_routes(app)
     setup_composer_routes(app)
     setup_admin_routes(app)
