@@ -64,18 +64,33 @@ KINDS = (*MESSAGE_KINDS, *STORED_KINDS)
 
 _MAX_MERGE_HOPS = 20
 _MAX_TEXT = 500
+_MAX_ITEMS = 50
 
 
-def plain(payload: Mapping[str, Any], *skip: str) -> dict[str, Any]:
-    """The payload's scalar values (text shortened), for an entry's `data`: nothing nested, nothing huge."""
+def _value(value: Any, depth: int) -> tuple[bool, Any]:
+    """A JSON value kept for an entry: scalars (text shortened), and small lists and maps of them."""
+    if isinstance(value, str):
+        return True, value[:_MAX_TEXT]
+    if value is None or isinstance(value, bool | int | float):
+        return True, value
+    if depth > 0 and isinstance(value, list):
+        kept = [v for ok, v in (_value(item, depth - 1) for item in value[:_MAX_ITEMS]) if ok]
+        return True, kept
+    if depth > 0 and isinstance(value, dict):
+        return True, plain(value, depth=depth - 1)
+    return False, None
+
+
+def plain(payload: Mapping[str, Any], *skip: str, depth: int = 2) -> dict[str, Any]:
+    """The payload's values for an entry's `data`: scalars and small nested lists and maps of them
+    (a ticket's `changes`), text shortened, nothing deeper or larger."""
     data: dict[str, Any] = {}
-    for key, value in payload.items():
+    for key, value in list(payload.items())[:_MAX_ITEMS]:
         if key in skip or not isinstance(key, str):
             continue
-        if isinstance(value, str):
-            data[key] = value[:_MAX_TEXT]
-        elif value is None or isinstance(value, bool | int | float):
-            data[key] = value
+        ok, kept = _value(value, depth)
+        if ok:
+            data[key] = kept
     return data
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.api.permissions import Permission
 from gateway.api.timeline import visible_kinds
 from gateway.ui.contact_views import tenant_contact
+from gateway.ui.deal_views import money
 from gateway.ui.web import Ui, page
 from inbox.timeline_feed import InvalidCursor, TimelineItem, contact_timeline
 
@@ -54,10 +55,10 @@ def _duration(seconds: Any) -> str:
 
 
 def _money(data: dict[str, Any]) -> str:
-    amount = data.get("amount_minor")
-    if not isinstance(amount, int):
+    amount, currency = data.get("amount_minor"), data.get("currency")
+    if not isinstance(amount, int) or not isinstance(currency, str):
         return ""
-    return f"{amount / 100:,.2f} {data.get('currency') or ''}".strip()
+    return money(amount, currency)
 
 
 def describe(item: TimelineItem) -> tuple[str, str]:
@@ -90,6 +91,12 @@ def describe(item: TimelineItem) -> tuple[str, str]:
     if kind.startswith("ticket."):
         verb = {"ticket.created": "created", "ticket.updated": "updated"}.get(kind, "status changed")
         detail = str(d.get("subject") or d.get("title") or "")
+        changes = d.get("changes")
+        if kind == "ticket.updated" and isinstance(changes, dict) and changes:
+            detail = ", ".join(
+                f"{field}: {c.get('old', '?')} → {c.get('new', '?')}" if isinstance(c, dict) else str(field)
+                for field, c in changes.items()
+            )
         if kind == "ticket.status_changed":
             old, new = d.get("from") or d.get("old"), d.get("to") or d.get("new") or d.get("status")
             detail = f"{old or '?'} → {new or '?'}"

@@ -140,7 +140,15 @@ async def test_every_kind_lands_once_even_when_every_event_is_delivered_twice(ap
     await send(
         api,
         ("ticket.created", {"ticket_id": 7, "contact_id": ann["id"], "subject": "Broken <script>"}),
-        ("ticket.updated", {"ticket_id": 7, "contact_id": ann["id"], "changed": ["priority"]}),
+        (
+            "ticket.updated",
+            {
+                "ticket_id": 7,
+                "contact_id": ann["id"],
+                "changes": {"priority": {"old": "low", "new": "high"}},
+                "deep": {"a": {"b": {"c": 1}}},
+            },
+        ),
         ("ticket.status_changed", {"ticket_id": 7, "contact_id": ann["id"], "from": "open", "to": "solved"}),
         ("csat.rated", {"ticket_id": 7, "contact_id": ann["id"], "rating": 5}),
         ("campaign.sent", {"contact_id": ann["id"], "campaign_id": 3, "message_id": 99}),
@@ -178,6 +186,9 @@ async def test_every_kind_lands_once_even_when_every_event_is_delivered_twice(ap
         "Won",
     )
     assert by_kind["ticket.status_changed"]["ticket_id"] == 7
+    # Nested values are kept two levels deep, no deeper.
+    updated = by_kind["ticket.updated"]["data"]
+    assert (updated["changes"], updated["deep"]) == ({"priority": {"old": "low", "new": "high"}}, {"a": {}})
     assert by_kind["campaign.replied"]["campaign_id"] == 3
     assert by_kind["consent.changed"]["data"] == {"channel": "sms", "granted": False}
     assert by_kind["conversation.resolved"]["conversation_id"] == conversation_id

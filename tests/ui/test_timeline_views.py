@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from html import unescape
 
 import pytest_asyncio
+from sqlalchemy import func, select
 
+from crm_core.timeline import KINDS
 from gateway.keys import NOTIFIER
+from gateway.ui.timeline_views import describe
+from inbox.timeline_feed import TimelineItem
 from parley.db import Database
 from parley.models import OutboxEvent, Role
 from parley.outbox import emit
@@ -25,8 +30,6 @@ async def settle(ui: UiClient) -> None:
 
     async def idle() -> bool:
         async with ui.db.sessionmaker() as session:
-            from sqlalchemy import func, select
-
             stmt = select(func.count()).select_from(OutboxEvent).where(OutboxEvent.completed_at.is_(None))
             return int((await session.execute(stmt)).scalar_one()) == 0
 
@@ -90,3 +93,15 @@ async def test_the_timeline_section_pages_filters_and_escapes(ui: UiClient) -> N
 
     stranger = await ui.person(Role.ADMIN, tenant="globex")
     assert (await ui.get(stranger, f"/contacts/{contact['id']}/timeline", htmx=True)).status == 404
+
+
+def test_every_kind_has_its_own_line() -> None:
+    """No kind falls through to the bare kind name; money is in the deal's currency."""
+    data = {"title": "Renewal", "amount_minor": 125000, "currency": "EUR", "to_stage": "Won", "rating": 5}
+    titles = {}
+    for kind in KINDS:
+        title, _ = describe(TimelineItem(kind, datetime.now(UTC), 0, 1, 1, data, 2, 3, 4, 5, 6))
+        assert title and title != kind, kind
+        titles[kind] = title
+    assert len(set(titles.values())) == len(KINDS)
+    assert describe(TimelineItem("deal.won", datetime.now(UTC), 0, 1, 1, data))[1] == "€1,250.00 · ? → Won"
