@@ -284,3 +284,41 @@ class ContactMerge(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- timeline (migration 0015) ------------------------------------------------------------------
+
+
+class TimelineEntry(Base):
+    """One thing that happened to a contact (or a company), written by an outbox handler.
+
+    Messages and calls are not copied here: the feed reads them from `messages` (see
+    `inbox.timeline_feed`), so the ingest path writes nothing more per message.
+    """
+
+    __tablename__ = "timeline_entries"
+    __table_args__ = (
+        # A handler delivered twice writes one entry: the event that caused it is unique.
+        UniqueConstraint("source_event_id"),
+        # The feed: a contact's (or a company's) entries, newest first.
+        Index("ix_timeline_entries_contact_id_occurred_at", "tenant_id", "contact_id", "occurred_at", "id"),
+        Index("ix_timeline_entries_company_id_occurred_at", "tenant_id", "company_id", "occurred_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # Null for a company's own events (a deal of the company without a contact).
+    contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id", ondelete="SET NULL"))
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40))
+    # What the entry shows, as plain values (the UI escapes every one of them).
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id", ondelete="SET NULL"))
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id", ondelete="SET NULL"))
+    # Tickets and campaigns are other packages' tables (being built); plain ids until they land.
+    ticket_id: Mapped[int | None] = mapped_column(BigInteger)
+    campaign_id: Mapped[int | None] = mapped_column(BigInteger)
+    source_event_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crm_core.subscribers import crm_subscribers
+from crm_core.timeline import timeline_subscribers
 from gateway.live import live_subscribers
 from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.delivery import OutboundDelivery
@@ -12,6 +13,7 @@ from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from inbox.snooze import SnoozeWaker, wake_due_snoozes
+from inbox.timeline_feed import conversation_timeline_subscribers
 from parley.crypto import SecretBox
 from parley.db import Database
 from parley.mailer import Mailer
@@ -56,6 +58,10 @@ def build_subscribers(
     subscribers.setdefault("message.received", []).append(SnoozeWaker(db).on_message_received)
     for topic, handlers in crm_subscribers(db).items():
         subscribers.setdefault(topic, []).extend(handlers)
+    # The CRM timeline (crm_core.timeline, inbox.timeline_feed).
+    for extra in (timeline_subscribers(db), conversation_timeline_subscribers(db)):
+        for topic, handlers in extra.items():
+            subscribers.setdefault(topic, []).extend(handlers)
     # After routing's: a conversation's SLA policy may depend on the team routing just gave it.
     escalator = Escalator(db, Mailer(settings), public_url=lambda: settings.public_url)
     # Task rules follow domain events; reminders and overdue notices are mailed after they fire.

@@ -21,6 +21,7 @@ from gateway.api import (
     search,
     sla,
     tasks,
+    timeline,
     typing_indicator,
     users,
 )
@@ -44,6 +45,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     search.routes,
     sla.routes,
     tasks.routes,
+    timeline.routes,
 )
 
 

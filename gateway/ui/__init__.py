@@ -20,8 +20,10 @@ from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
+from gateway.ui.deal_views import setup_deal_routes
 from gateway.ui.inbox_views import setup_inbox_routes
 from gateway.ui.task_views import setup_task_routes
+from gateway.ui.timeline_views import setup_timeline_routes
 from gateway.ui.web import Ui, page, redirect, security_headers
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -69,6 +71,8 @@ def setup_ui(app: web.Application) -> None:
     setup_auth_routes(app)
     setup_account_routes(app)
     setup_contact_routes(app)
+    setup_timeline_routes(app)
+    setup_deal_routes(app)
     setup_inbox_routes(app)
     setup_composer_routes(app)
     setup_admin_routes(app)

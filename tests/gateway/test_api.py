@@ -969,6 +969,8 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         ("put", "/api/v1/sla/policies/{policy_id}"),
         ("delete", "/api/v1/sla/policies/{policy_id}"),
         ("get", "/api/v1/conversations/{conversation_id}/sla"),
+        ("get", "/api/v1/contacts/{contact_id}/timeline"),
+        ("get", "/api/v1/companies/{company_id}/timeline"),
         ("get", "/api/v1/openapi.json"),
         ("post", "/webhooks/{inbox_id}"),
         ("post", "/webhooks/{inbox_id}/status"),
