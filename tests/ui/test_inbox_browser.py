@@ -466,9 +466,13 @@ async def test_merge_mark_unread_and_transcript_from_the_actions_bar(
 
         # Mark unread: the row shows its unread count again (and opening it is what reads it).
         await page.get_by_text("More", exact=True).click()
-        await page.get_by_role("button", name="Mark unread").click()
+        async with page.expect_response(re.compile(f"/inbox/c/{target}/unread$")):
+            await page.get_by_role("button", name="Mark unread").click()
         row = page.locator(f'#rows .row[data-conversation-id="{target}"]')
         await expect(row.locator(".badge")).to_have_text("1")
+        # The action answers with the re-rendered thread, its menus closed: wait for that swap, or
+        # it could close the menu opened next (the list's badge can come first, by the live socket).
+        await expect(page.locator("#thread details.menu[open]")).to_have_count(0)
 
         # The transcript goes by email through the composer's API; customer text stays text.
         await page.get_by_text("More", exact=True).click()
