@@ -95,10 +95,14 @@ async def next_number(session: AsyncSession, tenant_id: int) -> int:
     conn = await session.connection()
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     table = cast(Table, TicketCounter.__table__)
-    stmt = dialect_insert(table).values(tenant_id=tenant_id, last_number=1)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.tenant_id], set_={"last_number": table.c.last_number + 1}
-    ).returning(table.c.last_number)
+    stmt = (
+        dialect_insert(table)
+        .values(tenant_id=tenant_id, last_number=1)
+        .on_conflict_do_update(
+            index_elements=[table.c.tenant_id], set_={"last_number": table.c.last_number + 1}
+        )
+        .returning(table.c.last_number)
+    )
     return int((await conn.execute(stmt)).scalar_one())
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from crm_core.subscribers import crm_subscribers
 from gateway.live import live_subscribers
 from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
+from inbox.csat import CsatSurveyor, csat_subscribers
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
@@ -22,6 +23,7 @@ from parley.settings import Settings
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 from routing.escalation import Escalator, escalation_subscribers
 from routing.sla import SlaClocks, sla_subscribers
+from routing.ticket_sla import TicketSla, ticket_sla_subscribers
 
 
 @dataclass(slots=True)
@@ -56,7 +58,14 @@ def build_subscribers(
         subscribers.setdefault(topic, []).extend(handlers)
     # After routing's: a conversation's SLA policy may depend on the team routing just gave it.
     escalator = Escalator(db, Mailer(settings), public_url=lambda: settings.public_url)
-    for extra in (sla_subscribers(SlaClocks(db)), escalation_subscribers(escalator)):
+    # Tickets' due times; CSAT surveys on resolution and ratings from replies.
+    surveyor = CsatSurveyor(db, settings.secret_key, lambda: settings.public_url)
+    for extra in (
+        sla_subscribers(SlaClocks(db)),
+        escalation_subscribers(escalator),
+        ticket_sla_subscribers(TicketSla(db)),
+        csat_subscribers(surveyor),
+    ):
         for topic, handlers in extra.items():
             subscribers.setdefault(topic, []).extend(handlers)
     if directory.hub is not None:  # open web chat widgets learn when an agent comes online
@@ -86,6 +95,11 @@ async def wake_snoozed(runtime: Runtime) -> int:
 async def sweep_sla(db: Database) -> int:
     """One SLA sweep (the Celery beat task's body): emit the warnings and breaches that came due."""
     return await SlaClocks(db).sweep()
+
+
+async def sweep_ticket_sla(db: Database) -> int:
+    """One ticket SLA sweep (the Celery beat task's body): emit the breaches that came due."""
+    return await TicketSla(db).sweep()
 
 
 def build_media_store(settings: Settings) -> MediaStore:

@@ -37,7 +37,7 @@ from channels.registry import channel_class
 from crm_core.consent import has_opted_out
 from crm_core.ticket_models import Ticket, TicketConversation
 from inbox.actions import Actor, announce, apply_status
-from inbox.csat_models import CsatSettings, CsatSurvey
+from inbox.csat_models import DEFAULT_QUESTION, CsatSettings, CsatSurvey
 from inbox.lookup import InvalidInput, NotFoundError
 from inbox.models import Conversation, ConversationStatus, Inbox, Message
 from inbox.service import queue_outbound
@@ -104,7 +104,7 @@ async def settings_of(session: AsyncSession, tenant_id: int) -> CsatSettings:
         row = CsatSettings(
             tenant_id=tenant_id,
             enabled=False,
-            question=CsatSettings.question.default.arg,  # type: ignore[attr-defined]
+            question=DEFAULT_QUESTION,
             whatsapp_template={},
             link_expiry_hours=168,
             reply_window_hours=24,
@@ -280,6 +280,7 @@ class CsatSurveyor:
         ).scalar()
         if survey_id is None:  # this resolution was surveyed already
             return None
+        survey_id = int(survey_id)
         link = self.link(survey_id)
         template = plan.template
         if template is not None:

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from inbox.csat_models import CsatSurvey as CsatSurvey  # in the metadata with conversations
+from inbox.csat_models import CsatSurvey as CsatSurvey  # Alembic sees the CSAT tables
 from parley.db import Base, BigId, utcnow
 
 

@@ -16,6 +16,7 @@ DISPATCH_TASK = "parley.dispatch"
 PURGE_TASK = "parley.purge_outbox"
 SNOOZE_TASK = "parley.wake_snoozed"
 SLA_SWEEP_TASK = "parley.sla_sweep"
+TICKET_SLA_SWEEP_TASK = "parley.ticket_sla_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -40,6 +41,7 @@ def celery_app(broker_url: str) -> Celery:
             "snooze-sweep": {"task": SNOOZE_TASK, "schedule": 15.0},
             # SLA warnings and breaches come due without an event: beat looks for them.
             "sla-sweep": {"task": SLA_SWEEP_TASK, "schedule": 15.0},
+            "ticket-sla-sweep": {"task": TICKET_SLA_SWEEP_TASK, "schedule": 15.0},
         },
         timezone="UTC",
     )
@@ -47,6 +49,7 @@ def celery_app(broker_url: str) -> Celery:
     app.task(name=PURGE_TASK)(purge_outbox)
     app.task(name=SNOOZE_TASK)(wake_snoozed)
     app.task(name=SLA_SWEEP_TASK)(sla_sweep)
+    app.task(name=TICKET_SLA_SWEEP_TASK)(ticket_sla_sweep)
     _apps[broker_url] = app
     return app
 
@@ -80,6 +83,15 @@ def sla_sweep() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(sweep_sla(runtime["runtime"].db))
+    return result
+
+
+def ticket_sla_sweep() -> int:
+    """Emit `ticket.sla_breached` for tickets past due (once each, however many workers sweep)."""
+    from gateway.wiring import sweep_ticket_sla
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_ticket_sla(runtime["runtime"].db))
     return result
 
 

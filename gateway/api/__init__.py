@@ -15,11 +15,13 @@ from gateway.api import (
     conversation_actions,
     conversations,
     crm,
+    csat,
     deals,
     inboxes,
     me,
     search,
     sla,
+    tickets,
     typing_indicator,
     users,
 )
@@ -42,6 +44,8 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     composer.routes,
     search.routes,
     sla.routes,
+    tickets.routes,
+    csat.routes,
 )
 
 

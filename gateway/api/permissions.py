@@ -26,6 +26,9 @@ class Permission(StrEnum):
     MANAGE_SCORING = "scoring:manage"
     MANAGE_CANNED_RESPONSES = "canned_responses:manage"
     MANAGE_LABELS = "labels:manage"  # create, rename, delete; anyone who reads conversations reads them
+    READ_TICKETS = "tickets:read"
+    WRITE_TICKETS = "tickets:write"
+    READ_REPORTS = "reports:read"  # CSAT and other floor reports: supervisors and admins
 
 
 _EVERYTHING = frozenset(Permission)
@@ -45,6 +48,7 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.MANAGE_SCORING,
         Permission.MANAGE_CANNED_RESPONSES,
         Permission.MANAGE_LABELS,
+        Permission.READ_REPORTS,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
     Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},

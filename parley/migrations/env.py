@@ -9,8 +9,6 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import crm_core.models
-import crm_core.ticket_models
-import inbox.csat_models
 import inbox.models
 import parley.models
 import routing.models
@@ -19,7 +17,6 @@ from parley.migrate import include_name
 
 # Every table must be known to autogenerate.
 _ = (crm_core.models, inbox.models, parley.models, routing.models)
-_ = (crm_core.ticket_models, inbox.csat_models)  # tickets and CSAT (0014)
 target_metadata = Base.metadata
 config = context.config
 
