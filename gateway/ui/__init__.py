@@ -19,6 +19,7 @@ from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
+from gateway.ui.csat_views import setup_csat_routes
 from gateway.ui.inbox_views import setup_inbox_routes
 from gateway.ui.web import security_headers
 
@@ -57,3 +58,4 @@ def setup_ui(app: web.Application) -> None:
     setup_inbox_routes(app)
     setup_composer_routes(app)
     setup_admin_routes(app)
+    setup_csat_routes(app)
