@@ -154,7 +154,7 @@ async def test_updates_emit_only_what_changed_and_links_are_managed(api: Api) ->
     assert status == 204
     _, ticket = await api.call("GET", f"/tickets/{ticket['id']}")
     assert ticket["conversation_ids"] == [other]
-    status, error = await api.call("PATCH", f"/tickets/{ticket['id']}", body={"type": "Not A Slug"})
+    status, _ = await api.call("PATCH", f"/tickets/{ticket['id']}", body={"type": "Not A Slug"})
     assert status == 422
 
 
