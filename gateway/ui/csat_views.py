@@ -20,7 +20,7 @@ _GONE = "This rating link has expired. Thank you all the same!"
 _UNKNOWN = "This rating link is not valid."
 
 
-def _page(request: web.Request, status: int = 200, **context: object) -> web.Response:
+def _page(request: web.Request, *, status: int = 200, **context: object) -> web.Response:
     defaults: dict[str, object] = {
         "problem": None,
         "question": "",
@@ -45,9 +45,9 @@ async def rating_page(request: web.Request) -> web.StreamResponse:
                 session, request.app[SETTINGS].secret_key, request.match_info["token"]
             )
         except NotFoundError:
-            return _page(request, 404, problem=_UNKNOWN)
+            return _page(request, status=404, problem=_UNKNOWN)
         if utcnow() > survey.expires_at:
-            return _page(request, 410, problem=_GONE)
+            return _page(request, status=410, problem=_GONE)
         settings = await settings_of(session, survey.tenant_id)
         return _page(request, **_shown(survey, settings.question))
 
@@ -61,14 +61,14 @@ async def submit_rating(request: web.Request) -> web.StreamResponse:
                 session, request.app[SETTINGS].secret_key, request.match_info["token"]
             )
         except NotFoundError:
-            return _page(request, 404, problem=_UNKNOWN)
+            return _page(request, status=404, problem=_UNKNOWN)
         settings = await settings_of(session, survey.tenant_id)
         if raw_rating not in ("1", "2", "3", "4", "5"):
-            return _page(request, 422, **_shown(survey, settings.question))
+            return _page(request, status=422, **_shown(survey, settings.question))
         try:
             await record_rating(session, survey, int(raw_rating), comment or None, via="link", now=utcnow())
         except InvalidInput:
-            return _page(request, 410, problem=_GONE)
+            return _page(request, status=410, problem=_GONE)
         shown = _shown(survey, settings.question, saved=True)
     request.app[NOTIFIER].notify()
     return _page(request, **shown)
