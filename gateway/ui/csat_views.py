@@ -49,7 +49,7 @@ async def rating_page(request: web.Request) -> web.StreamResponse:
         if utcnow() > survey.expires_at:
             return _page(request, status=410, problem=_GONE)
         settings = await settings_of(session, survey.tenant_id)
-        return _page(request, **_shown(survey, settings.question))
+        return _page(request, context=_shown(survey, settings.question))
 
 
 async def submit_rating(request: web.Request) -> web.StreamResponse:
@@ -64,14 +64,14 @@ async def submit_rating(request: web.Request) -> web.StreamResponse:
             return _page(request, status=404, problem=_UNKNOWN)
         settings = await settings_of(session, survey.tenant_id)
         if raw_rating not in ("1", "2", "3", "4", "5"):
-            return _page(request, status=422, **_shown(survey, settings.question))
+            return _page(request, status=422, context=_shown(survey, settings.question))
         try:
             await record_rating(session, survey, int(raw_rating), comment or None, via="link", now=utcnow())
         except InvalidInput:
             return _page(request, status=410, problem=_GONE)
         shown = _shown(survey, settings.question, saved=True)
     request.app[NOTIFIER].notify()
-    return _page(request, **shown)
+    return _page(request, context=shown)
 
 
 def setup_csat_routes(app: web.Application) -> None:
