@@ -20,15 +20,16 @@ _GONE = "This rating link has expired. Thank you all the same!"
 _UNKNOWN = "This rating link is not valid."
 
 
-def _page(request: web.Request, *, status: int = 200, **context: object) -> web.Response:
-    defaults: dict[str, object] = {
-        "problem": None,
-        "question": "",
-        "saved": False,
-        "rating": None,
-        "comment": None,
-    }
-    response = aiohttp_jinja2.render_template("csat/rate.html", request, defaults | context, status=status)
+def _page(
+    request: web.Request,
+    *,
+    status: int = 200,
+    problem: str | None = None,
+    context: dict[str, object] | None = None,
+) -> web.Response:
+    shown: dict[str, object] = {"problem": problem, "question": "", "saved": False, "rating": None}
+    shown |= {"comment": None, **(context or {})}
+    response = aiohttp_jinja2.render_template("csat/rate.html", request, shown, status=status)
     # The token is in the path: keep it out of other sites' Referer headers.
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
