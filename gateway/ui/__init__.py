@@ -21,6 +21,7 @@ from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.csat_views import setup_csat_routes
 from gateway.ui.inbox_views import setup_inbox_routes
+from gateway.ui.ticket_views import setup_ticket_routes
 from gateway.ui.web import security_headers
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -59,3 +60,4 @@ def setup_ui(app: web.Application) -> None:
     setup_composer_routes(app)
     setup_admin_routes(app)
     setup_csat_routes(app)
+    setup_ticket_routes(app)
