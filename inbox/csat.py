@@ -55,7 +55,7 @@ RATING_PATH = "/csat/"
 _SALT = "parley.csat.survey"
 
 # "4", "4.", "4/5", "4 - great service", "5! thanks": a digit 1-5 not followed by another digit.
-_REPLY = re.compile(r"^\s*([1-5])(?![\d.,]\d)(?:\s*/\s*5)?[\s.,:;!)\-]*(.*)$", re.DOTALL)
+_REPLY = re.compile(r"^\s*([1-5])(?!\d)(?![.,]\d)(?:\s*/\s*5)?[\s.,:;!)\-]*(.*)$", re.DOTALL)
 
 Clock = Callable[[], datetime]
 PublicUrl = Callable[[], str | None]
@@ -331,6 +331,8 @@ class CsatSurveyor:
                 )
             ).scalar_one_or_none()
             if message is None or message.direction != "inbound" or message.private:
+                return
+            if (message.extra or {}).get("button_reply"):  # "2" picking a bot's option is not a rating
                 return
             parsed = parse_rating_reply(message.body)
             if parsed is None:
