@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 
 from crm_core.ticket_models import Ticket, TicketStatusChange
@@ -11,6 +13,7 @@ from crm_core.tickets import change_status, open_ticket
 from parley.db import Database
 from parley.models import OutboxEvent
 from parley.outbox import Event
+from parley.settings import Settings
 from routing.models import BusinessCalendarRecord, SlaPolicy
 from routing.ticket_sla import BREACHED_TOPIC, TicketSla, refresh_due
 from tests.conftest import make_tenant
@@ -141,3 +144,32 @@ async def test_the_handler_recomputes_due_when_the_policy_changes(db: Database) 
     async with db.sessionmaker() as session:
         row = await session.get(Ticket, ticket_id)
         assert row is not None and row.due_at == created + timedelta(hours=2)
+
+
+async def test_the_celery_beat_task_sweeps_tickets(
+    db: Database, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis, beat runs `parley.ticket_sla_sweep` in a worker; two runs breach a ticket once."""
+    from parley import tasks
+
+    schedule = tasks.celery_app("redis://127.0.0.1:1/0").conf.beat_schedule
+    assert schedule["ticket-sla-sweep"]["task"] == tasks.TICKET_SLA_SWEEP_TASK
+    tenant = await make_tenant(db, "acme")
+    policy_id = await _policy(db, tenant.tenant_id, 60, hours=False)
+    ticket_id = await _ticket_opened_at(db, tenant.tenant_id, policy_id, FRIDAY_15)  # long past
+    monkeypatch.setenv("PARLEY_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("PARLEY_SECRET_KEY", settings.secret_key)
+    monkeypatch.setenv("PARLEY_DATA_DIR", str(settings.data_dir))
+
+    def in_a_worker() -> tuple[int, int]:
+        try:
+            return tasks.ticket_sla_sweep(), tasks.ticket_sla_sweep()
+        finally:
+            tasks.shutdown_runtime()
+
+    assert await asyncio.to_thread(in_a_worker) == (1, 0)
+    async with db.sessionmaker() as session:
+        payloads = (
+            await session.scalars(select(OutboxEvent.payload).where(OutboxEvent.topic == BREACHED_TOPIC))
+        ).all()
+    assert [p["ticket_id"] for p in payloads] == [ticket_id]
