@@ -6,7 +6,7 @@ from typing import Any
 
 from crm_core.merge import merge_contacts
 from crm_core.models import Company, Contact
-from crm_core.ticket_models import PRIORITIES, Ticket
+from crm_core.ticket_models import PRIORITIES, Ticket, TicketConversation, TicketStatusChange
 from inbox.models import Conversation, ConversationPriority, Message, MessageStatus
 from parley.models import Role
 from tests.conftest import make_tenant
@@ -156,6 +156,10 @@ async def test_updates_emit_only_what_changed_and_links_are_managed(api: Api) ->
     assert ticket["conversation_ids"] == [other]
     status, _ = await api.call("PATCH", f"/tickets/{ticket['id']}", body={"type": "Not A Slug"})
     assert status == 422
+    status, _ = await api.call("DELETE", f"/tickets/{ticket['id']}")
+    assert status == 204
+    assert (await api.call("GET", f"/tickets/{ticket['id']}"))[0] == 404
+    assert await api.count(TicketConversation) == 0 and await api.count(TicketStatusChange) == 0
 
 
 async def test_list_filters_sorts_and_pages(api: Api) -> None:
