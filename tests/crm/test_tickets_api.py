@@ -6,8 +6,8 @@ from typing import Any
 
 from crm_core.merge import merge_contacts
 from crm_core.models import Company, Contact
-from crm_core.ticket_models import PRIORITIES, Ticket, TicketConversation, TicketStatusChange
-from inbox.models import Conversation, ConversationPriority, Message, MessageStatus
+from crm_core.ticket_models import Ticket, TicketConversation, TicketStatusChange
+from inbox.models import Conversation, Message, MessageStatus
 from parley.models import Role
 from tests.conftest import make_tenant
 from tests.gateway.test_api import Api, add_conversation
@@ -39,10 +39,6 @@ async def _conversation_with_message(api: Api, body: str, *, phone: str = "+1415
             )
         )
     return contact_id, conversation_id
-
-
-def test_ticket_priorities_are_the_conversations_levels() -> None:
-    assert tuple(p.value for p in ConversationPriority) == PRIORITIES
 
 
 async def test_an_agent_opens_a_ticket_from_a_conversation_with_its_contact_company_and_priority(
