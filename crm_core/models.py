@@ -9,6 +9,7 @@ from sqlalchemy import BigInteger, ForeignKey, Index, String, Text, UniqueConstr
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_core.lifecycle_stages import LifecycleStage
+from crm_core.ticket_models import Ticket as Ticket  # Alembic and merges see tickets
 from parley.db import Base, BigId, utcnow
 
 

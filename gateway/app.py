@@ -29,6 +29,7 @@ from routing.assigner import Assigner
 from routing.sla import SlaClocks
 from routing.task_engine import TaskEngine
 from routing.task_timers import TaskTimers
+from routing.ticket_sla import TicketSla
 
 
 def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -> web.Application:
@@ -53,6 +54,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
         snoozes: asyncio.Task[None] | None = None
         sla_sweeps: asyncio.Task[None] | None = None
         task_sweeps: list[asyncio.Task[None]] = []
+        ticket_sweeps: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
@@ -70,13 +72,16 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
                 asyncio.create_task(TaskTimers(runtime.db).run_sweeps(notify=runtime.dispatcher.notify)),
                 asyncio.create_task(TaskEngine(runtime.db).run_sweeps(notify=runtime.dispatcher.notify)),
             ]
+            ticket_sweeps = asyncio.create_task(
+                TicketSla(runtime.db).run_sweeps(notify=runtime.dispatcher.notify)
+            )
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
             app[NOTIFIER] = celery
             await celery.start()
         yield
-        for sweep in (sweeps, snoozes, sla_sweeps, *task_sweeps):
+        for sweep in (sweeps, snoozes, sla_sweeps, ticket_sweeps, *task_sweeps):
             if sweep is not None:
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)

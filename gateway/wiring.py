@@ -8,6 +8,7 @@ from crm_core.subscribers import crm_subscribers
 from crm_core.timeline import timeline_subscribers
 from gateway.live import live_subscribers
 from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
+from inbox.csat import CsatSurveyor, csat_subscribers
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
 from inbox.runtime import InboxDirectory
@@ -26,6 +27,7 @@ from routing.escalation import Escalator, escalation_subscribers
 from routing.sla import SlaClocks, sla_subscribers
 from routing.task_engine import TaskEngine, task_rule_subscribers
 from routing.task_timers import TaskMailer, TaskTimers, task_timer_subscribers
+from routing.ticket_sla import TicketSla, ticket_sla_subscribers
 
 
 @dataclass(slots=True)
@@ -66,11 +68,15 @@ def build_subscribers(
     escalator = Escalator(db, Mailer(settings), public_url=lambda: settings.public_url)
     # Task rules follow domain events; reminders and overdue notices are mailed after they fire.
     task_mailer = TaskMailer(db, Mailer(settings), public_url=lambda: settings.public_url)
+    # Tickets' due times; CSAT surveys on resolution and ratings from replies.
+    surveyor = CsatSurveyor(db, settings.secret_key, lambda: settings.public_url)
     for extra in (
         sla_subscribers(SlaClocks(db)),
         escalation_subscribers(escalator),
         task_rule_subscribers(TaskEngine(db)),
         task_timer_subscribers(task_mailer),
+        ticket_sla_subscribers(TicketSla(db)),
+        csat_subscribers(surveyor),
     ):
         for topic, handlers in extra.items():
             subscribers.setdefault(topic, []).extend(handlers)
@@ -116,6 +122,11 @@ async def sweep_idle_deals(db: Database) -> int:
 async def sweep_routing(db: Database) -> int:
     """One routing sweep (a Celery beat task's body): serve queues whose overflow wait or hours came."""
     return await Assigner(db).sweep()
+
+
+async def sweep_ticket_sla(db: Database) -> int:
+    """One ticket SLA sweep (the Celery beat task's body): emit the breaches that came due."""
+    return await TicketSla(db).sweep()
 
 
 def build_media_store(settings: Settings) -> MediaStore:

@@ -10,6 +10,7 @@ from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, false,
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_core.tasks import Task
+from inbox.csat_models import CsatSurvey as CsatSurvey  # Alembic sees the CSAT tables
 from parley.db import Base, BigId, utcnow
 
 

@@ -19,6 +19,7 @@ SLA_SWEEP_TASK = "parley.sla_sweep"
 TASK_TIMERS_TASK = "parley.task_timers"
 IDLE_DEALS_TASK = "parley.idle_deal_sweep"
 ROUTING_SWEEP_TASK = "parley.routing_sweep"
+TICKET_SLA_SWEEP_TASK = "parley.ticket_sla_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -48,6 +49,7 @@ def celery_app(broker_url: str) -> Celery:
             "task-timers": {"task": TASK_TIMERS_TASK, "schedule": 15.0},
             "idle-deal-sweep": {"task": IDLE_DEALS_TASK, "schedule": 300.0},
             "routing-sweep": {"task": ROUTING_SWEEP_TASK, "schedule": 15.0},
+            "ticket-sla-sweep": {"task": TICKET_SLA_SWEEP_TASK, "schedule": 15.0},
         },
         timezone="UTC",
     )
@@ -58,6 +60,7 @@ def celery_app(broker_url: str) -> Celery:
     app.task(name=TASK_TIMERS_TASK)(task_timers)
     app.task(name=IDLE_DEALS_TASK)(idle_deal_sweep)
     app.task(name=ROUTING_SWEEP_TASK)(routing_sweep)
+    app.task(name=TICKET_SLA_SWEEP_TASK)(ticket_sla_sweep)
     _apps[broker_url] = app
     return app
 
@@ -118,6 +121,15 @@ def routing_sweep() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(sweep_routing(runtime["runtime"].db))
+    return result
+
+
+def ticket_sla_sweep() -> int:
+    """Emit `ticket.sla_breached` for tickets past due (once each, however many workers sweep)."""
+    from gateway.wiring import sweep_ticket_sla
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_ticket_sla(runtime["runtime"].db))
     return result
 
 

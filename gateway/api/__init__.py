@@ -15,12 +15,14 @@ from gateway.api import (
     conversation_actions,
     conversations,
     crm,
+    csat,
     deals,
     inboxes,
     me,
     search,
     sla,
     tasks,
+    tickets,
     timeline,
     typing_indicator,
     users,
@@ -46,6 +48,8 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     sla.routes,
     tasks.routes,
     timeline.routes,
+    tickets.routes,
+    csat.routes,
 )
 
 

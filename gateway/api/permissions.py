@@ -30,6 +30,9 @@ class Permission(StrEnum):
     WRITE_TASKS = "tasks:write"  # create tasks; change, complete and reopen one's own and unassigned ones
     MANAGE_TASKS = "tasks:manage"  # change or delete anyone's tasks
     MANAGE_TASK_RULES = "task_rules:manage"
+    READ_TICKETS = "tickets:read"
+    WRITE_TICKETS = "tickets:write"
+    READ_REPORTS = "reports:read"  # CSAT and other floor reports: supervisors and admins
 
 
 _EVERYTHING = frozenset(Permission)
@@ -51,6 +54,7 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.MANAGE_LABELS,
         Permission.MANAGE_TASKS,
         Permission.MANAGE_TASK_RULES,
+        Permission.READ_REPORTS,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
     Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},

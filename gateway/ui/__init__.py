@@ -20,9 +20,11 @@ from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
+from gateway.ui.csat_views import setup_csat_routes
 from gateway.ui.deal_views import setup_deal_routes
 from gateway.ui.inbox_views import setup_inbox_routes
 from gateway.ui.task_views import setup_task_routes
+from gateway.ui.ticket_views import setup_ticket_routes
 from gateway.ui.timeline_views import setup_timeline_routes
 from gateway.ui.web import Ui, page, redirect, security_headers
 
@@ -77,3 +79,5 @@ def setup_ui(app: web.Application) -> None:
     setup_composer_routes(app)
     setup_admin_routes(app)
     setup_task_routes(app)
+    setup_csat_routes(app)
+    setup_ticket_routes(app)

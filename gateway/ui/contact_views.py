@@ -37,6 +37,7 @@ from gateway.api.permissions import Permission
 from gateway.api.routing import ApiRequest, _InvalidRequest
 from gateway.api.schemas import ContactQuery, ContactUpdate
 from gateway.errors import ApiError
+from gateway.ui.ticket_views import contact_ticket_rows
 from gateway.ui.web import Ui, page, redirect
 from inbox.models import Conversation, Inbox
 
@@ -219,8 +220,7 @@ async def contact_panel_context(
             }
             for c in consents
         ],
-        # There is no tickets model yet: the section appears once one exists, never faked.
-        "tickets": None,
+        "tickets": await contact_ticket_rows(ui, contact.id),
         "can_edit": ui.may(Permission.WRITE_CONTACTS),
         "errors": dict(errors or {}),
         "values": dict(values or {}),

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql
 import parley.db
 
 revision: str = "0015"
-down_revision: str | None = "0012"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
