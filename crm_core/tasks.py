@@ -104,7 +104,7 @@ class Task(Base):
     )
     deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id", ondelete="SET NULL"), index=True)
     # No foreign key yet: the tickets table is being built alongside; the merge adds it.
-    ticket_id: Mapped[int | None] = mapped_column(index=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"), index=True)
     # What to do, for a person and for a button: {"kind": "call", "label": "Call Ann back"}.
     suggested_action: Mapped[dict[str, Any]] = mapped_column(default=dict)
     dedupe_key: Mapped[str | None] = mapped_column(String(200))

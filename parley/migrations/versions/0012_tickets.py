@@ -1,6 +1,6 @@
 """Tickets (with their conversations, status history and per-tenant numbers) and CSAT surveys and settings
 
-Revision ID: 0014
+Revision ID: 0012
 Revises: 0011
 Create Date: 2026-11-24 13:15:22.775449
 """
@@ -15,8 +15,8 @@ from sqlalchemy.dialects import postgresql
 
 import parley.db
 
-revision: str = "0014"
-down_revision: str | None = "0012"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,11 +1,10 @@
 """Tasks: tasks with their context and timers, task rules, and task notifications
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-11-24 13:30:00
 
-`tasks.ticket_id` has no foreign key yet: the tickets table arrives in another migration, which
-adds it.
+After the tickets migration: a task may be about a ticket.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from sqlalchemy.dialects import postgresql
 
 import parley.db
 
-revision: str = "0012"
-down_revision: str | None = "0011"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -83,7 +82,7 @@ def upgrade() -> None:
         sa.Column("contact_id", _ID, nullable=True),
         sa.Column("conversation_id", _ID, nullable=True),
         sa.Column("deal_id", _ID, nullable=True),
-        sa.Column("ticket_id", sa.Integer(), nullable=True),
+        sa.Column("ticket_id", _ID, nullable=True),
         sa.Column("suggested_action", _json(), nullable=False),
         sa.Column("dedupe_key", sa.String(length=200), nullable=True),
         sa.Column("created_at", _when(), nullable=False),
@@ -99,6 +98,7 @@ def upgrade() -> None:
         _fk("tasks", "rule_id", "task_rules", "SET NULL"),
         _fk("tasks", "team_id", "teams", "SET NULL"),
         _fk("tasks", "tenant_id", "tenants", "CASCADE"),
+        _fk("tasks", "ticket_id", "tickets", "SET NULL"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
         sa.UniqueConstraint("tenant_id", "dedupe_key", name=op.f("uq_tasks_tenant_id_dedupe_key")),
     )
