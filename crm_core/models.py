@@ -318,8 +318,8 @@ class TimelineEntry(Base):
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id", ondelete="SET NULL"))
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id", ondelete="SET NULL"))
-    # Campaigns are not built yet: a plain id until they land.
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+    # Campaigns are not built yet: a plain id until they land.
     campaign_id: Mapped[int | None] = mapped_column(BigInteger)
     source_event_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
