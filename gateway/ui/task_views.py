@@ -24,6 +24,7 @@ from crm_core.tasks import (
     create_task,
     remind_time,
 )
+from crm_core.ticket_models import Ticket
 from gateway.api.permissions import Permission
 from gateway.api.tasks import NO_DUE_DATE
 from gateway.ui.web import Ui, page, redirect
@@ -70,6 +71,17 @@ async def _rows(ui: Ui, tasks: list[Task]) -> list[TaskRow]:
             )
         ).all()
     }
+    ticket_ids = {t.ticket_id for t in tasks if t.ticket_id is not None}
+    tickets = {
+        row.id: row.number
+        for row in (
+            await ui.session.execute(
+                select(Ticket.id, Ticket.number).where(
+                    Ticket.tenant_id == ui.tenant_id, Ticket.id.in_(ticket_ids)
+                )
+            )
+        ).all()
+    }
     now = utcnow()
     rows = []
     for t in tasks:
@@ -82,9 +94,8 @@ async def _rows(ui: Ui, tasks: list[Task]) -> list[TaskRow]:
             # Deals have no page of their own yet: their contact's page lists them.
             label = f"Deal: {deals.get(t.deal_id, t.deal_id)}"
             href = f"/contacts/{t.contact_id}" if t.contact_id is not None else None
-        elif t.ticket_id is not None:
-            label = f"Ticket #{t.ticket_id}"
-            href = f"/contacts/{t.contact_id}" if t.contact_id is not None else None
+        elif t.ticket_id is not None and t.ticket_id in tickets:
+            label, href = f"Ticket #{tickets[t.ticket_id]}", f"/tickets/{t.ticket_id}"
         elif t.contact_id is not None:
             label, href = contacts.get(t.contact_id, f"Contact {t.contact_id}"), f"/contacts/{t.contact_id}"
         rows.append(

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from crm_core.merge import merge_contacts
 from crm_core.models import Contact, Deal, Pipeline, PipelineStage
 from crm_core.tasks import Task, TaskRule, TaskStatus, change_task, create_task
+from crm_core.tickets import open_ticket
 from inbox.models import Notification
 from parley.db import Database
 from parley.mailer import Mailer
@@ -121,6 +122,14 @@ async def add_deal(db: Database, tenant_id: int, *, owner_id: int | None, contac
         return deal.id
 
 
+async def _ticket(world: World, contact_id: int) -> int:
+    async with world.db.transaction() as session:
+        ticket = await open_ticket(
+            session, tenant_id=world.tenant_id, subject="Printer", contact_id=contact_id
+        )
+        return ticket.id
+
+
 def _ticket_event(ticket_id: int, contact_id: int, team_id: int | None, reopen_count: int) -> dict[str, Any]:
     return {
         "ticket_id": ticket_id,
@@ -158,15 +167,18 @@ async def test_a_ticket_reopened_twice_makes_one_task_for_the_team_lead(world: W
         },
         assignee={"rule": "supervisor"},
     )
-    await world.emit("ticket.status_changed", _ticket_event(7, contact, tier2, 1))
+    ticket, other_ticket = [await _ticket(world, contact) for _ in range(2)]
+    await world.emit("ticket.status_changed", _ticket_event(ticket, contact, tier2, 1))
     assert await tasks_of(world.db, tenant) == []
 
-    await world.emit("ticket.status_changed", _ticket_event(7, contact, tier2, 2))
-    await world.emit("ticket.status_changed", _ticket_event(7, contact, tier2, 3))  # same ticket: no second
+    await world.emit("ticket.status_changed", _ticket_event(ticket, contact, tier2, 2))
+    await world.emit(
+        "ticket.status_changed", _ticket_event(ticket, contact, tier2, 3)
+    )  # same ticket: no second
     (task,) = await tasks_of(world.db, tenant)
-    assert task.title == "Review ticket #7 for Ada (2 reopens)"
+    assert task.title == f"Review ticket #{ticket} for Ada (2 reopens)"
     assert (task.type, task.priority, task.assignee_id, task.team_id) == ("review", "high", lead, tier2)
-    assert (task.ticket_id, task.contact_id, task.source) == (7, contact, "rule")
+    assert (task.ticket_id, task.contact_id, task.source) == (ticket, contact, "rule")
     assert task.due_at == NOW + timedelta(hours=4)
     assert task.remind_at == NOW + timedelta(hours=3, minutes=30)
     assert task.suggested_action["kind"] == "review_ticket"
@@ -175,7 +187,7 @@ async def test_a_ticket_reopened_twice_makes_one_task_for_the_team_lead(world: W
     assert created["task_id"] == assigned["task_id"] == task.id and assigned["assignee_id"] == lead
 
     # Another ticket of the same contact is another subject.
-    await world.emit("ticket.status_changed", _ticket_event(8, contact, tier2, 2))
+    await world.emit("ticket.status_changed", _ticket_event(other_ticket, contact, tier2, 2))
     assert len(await tasks_of(world.db, tenant)) == 2
 
 

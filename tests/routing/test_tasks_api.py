@@ -9,6 +9,7 @@ import pytest_asyncio
 from sqlalchemy import select
 
 from crm_core.tasks import Task
+from crm_core.tickets import open_ticket
 from gateway.app import create_app
 from parley.db import Database
 from parley.models import OutboxEvent, Role
@@ -189,8 +190,10 @@ async def test_rules_are_validated_and_create_tasks_from_events(api: Api) -> Non
     assert status == 201, rule
     assert rule["template"]["due_in_hours"] == 8 and rule["assignee"]["rule"] == "supervisor"
     contact = await add_contact(api.db, tenant)
+    async with api.db.transaction() as session:
+        ticket = (await open_ticket(session, tenant_id=tenant, subject="Reopened", contact_id=contact)).id
     payload: dict[str, Any] = {
-        "ticket_id": 41, "contact_id": contact, "conversation_id": None, "team_id": team,
+        "ticket_id": ticket, "contact_id": contact, "conversation_id": None, "team_id": team,
         "assignee_id": None, "from": "solved", "to": "open", "reopen_count": 2,
     }  # fmt: skip
     async with api.db.transaction() as session:
@@ -199,13 +202,13 @@ async def test_rules_are_validated_and_create_tasks_from_events(api: Api) -> Non
 
     async def created() -> bool:
         async with api.db.sessionmaker() as session:
-            return (await session.scalar(select(Task).where(Task.ticket_id == 41))) is not None
+            return (await session.scalar(select(Task).where(Task.ticket_id == ticket))) is not None
 
     await eventually(created)
-    _, listed = await api.call("GET", "/tasks?ticket_id=41", who=lead)
+    _, listed = await api.call("GET", f"/tasks?ticket_id={ticket}", who=lead)
     (task,) = listed["data"]
     assert (task["title"], task["assignee_id"], task["rule_id"]) == (
-        "Ticket 41 reopened 2 times",
+        f"Ticket {ticket} reopened 2 times",
         lead.user_id,
         rule["id"],
     )

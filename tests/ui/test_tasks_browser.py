@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from crm_core.models import Contact
 from crm_core.tasks import Task, TaskRule, create_task
+from crm_core.tickets import open_ticket
 from parley.db import Database, utcnow
 from parley.models import Role
 from parley.outbox import emit
@@ -55,7 +56,7 @@ async def test_an_agent_completes_the_task_a_rule_gave_them(
                 "assignee_id": agent.user_id,
             },
         )
-        contact_id = contact.id
+        ticket = await open_ticket(session, tenant_id=tenant, subject="Still broken", contact_id=contact.id)
         # The ticket service's event, as it will emit it when a ticket is reopened a second time.
         await emit(
             session,
@@ -63,7 +64,8 @@ async def test_an_agent_completes_the_task_a_rule_gave_them(
             (
                 "ticket.status_changed",
                 {
-                    "ticket_id": 12, "contact_id": contact.id, "conversation_id": None, "team_id": team.id,
+                    "ticket_id": ticket.id, "contact_id": contact.id, "conversation_id": None,
+                    "team_id": team.id,
                     "assignee_id": None, "from": "solved", "to": "open", "reopen_count": 2,
                 },
             ),
@@ -85,10 +87,12 @@ async def test_an_agent_completes_the_task_a_rule_gave_them(
     await expect(rows.nth(0)).to_have_class("task-row overdue")  # soonest due first: the overdue one
     await expect(rows.nth(0)).to_contain_text("Overdue")
     mine = page.locator(f"#task-{created.id}")
-    await expect(mine.locator(".task-title")).to_have_text("Call Ann <b>Customer</b> about ticket 12")  # text
+    await expect(mine.locator(".task-title")).to_have_text(
+        f"Call Ann <b>Customer</b> about ticket {ticket.id}"
+    )
     await expect(mine).to_contain_text("Ask what is still wrong")
-    await expect(mine.get_by_role("link", name="Ticket #12")).to_have_attribute(
-        "href", f"/contacts/{contact_id}"
+    await expect(mine.get_by_role("link", name=f"Ticket #{ticket.number}")).to_have_attribute(
+        "href", f"/tickets/{ticket.id}"
     )
     await screenshot(page, "my-tasks")
 
