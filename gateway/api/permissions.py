@@ -26,6 +26,8 @@ class Permission(StrEnum):
     MANAGE_SCORING = "scoring:manage"
     MANAGE_CANNED_RESPONSES = "canned_responses:manage"
     MANAGE_LABELS = "labels:manage"  # create, rename, delete; anyone who reads conversations reads them
+    MANAGE_WEBHOOKS = "webhooks:manage"  # outbound webhooks carry every event out: admins only
+    IMPORT_CONTACTS = "contacts:import"  # CSV import and export: whole contact lists at once
 
 
 _EVERYTHING = frozenset(Permission)
@@ -34,7 +36,7 @@ _READ_CRM = frozenset({Permission.READ_CONTACTS, Permission.READ_CONVERSATIONS})
 GRANTS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _EVERYTHING,
     # Supervisors run the floor (teams, routing, inboxes) but do not hand out roles.
-    Role.SUPERVISOR: _EVERYTHING - {Permission.MANAGE_USERS},
+    Role.SUPERVISOR: _EVERYTHING - {Permission.MANAGE_USERS, Permission.MANAGE_WEBHOOKS},
     Role.AGENT: _EVERYTHING
     - {
         Permission.MANAGE_INBOXES,
@@ -45,9 +47,11 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.MANAGE_SCORING,
         Permission.MANAGE_CANNED_RESPONSES,
         Permission.MANAGE_LABELS,
+        Permission.MANAGE_WEBHOOKS,
+        Permission.IMPORT_CONTACTS,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
-    Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},
+    Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING, Permission.IMPORT_CONTACTS},
     Role.BOT_DESIGNER: _READ_CRM,
 }
 
