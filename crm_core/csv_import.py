@@ -81,12 +81,16 @@ def sniff_delimiter(text: str) -> str:
         return max(DELIMITERS, key=first.count) if any(d in first for d in DELIMITERS) else ","
 
 
-def read_rows(text: str, delimiter: str) -> Iterator[list[str]]:
-    """Every record of the file (the header first), cells stripped; blank lines skipped."""
-    for record in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False):
+def read_rows(text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Every record of the file (the header first) with its spreadsheet row number, cells stripped.
+
+    Blank records are skipped but counted, so the numbers are the ones a spreadsheet shows.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
+    for number, record in enumerate(reader, start=1):
         cells = [c.strip() for c in record]
         if any(cells):
-            yield cells
+            yield number, cells
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,7 @@ def preview(data: bytes) -> Preview:
     text = text.replace("\x00", "")
     delimiter = sniff_delimiter(text)
     try:
-        rows = read_rows(text, delimiter)
+        rows = (cells for _, cells in read_rows(text, delimiter))
         header = next(rows, None)
         if header is None:
             raise CsvRefused("the file is empty")
@@ -497,12 +501,12 @@ class ContactImporter:
         stop = min(start + self.rows_per_run, job.total_rows)
         records = read_rows(job.content, job.delimiter)
         next(records, None)  # the header
-        pending: list[tuple[int, list[str]]] = []
-        for index, record in enumerate(records):
+        pending: list[tuple[int, int, list[str]]] = []
+        for index, (number, record) in enumerate(records):
             if index >= stop:
                 break
             if index >= start:
-                pending.append((index, record))
+                pending.append((index, number, record))
             if len(pending) >= self.batch_rows:
                 if not await self._batch(job, pending, header, defined, region):
                     return
@@ -522,22 +526,22 @@ class ContactImporter:
     async def _batch(
         self,
         job: ContactImport,
-        records: list[tuple[int, list[str]]],
+        records: list[tuple[int, int, list[str]]],
         header: list[str],
         defined: Mapping[str, AttributeDefinition],
         region: str | None,
     ) -> bool:
         valid: list[ContactRow] = []
         errors: list[RowError] = []
-        for index, record in records:
+        for _, number, record in records:
             cells = {
                 column: record[i] if i < len(record) else "" for i, column in enumerate(header) if column
             }
-            row, problems = validate_row(index + 2, cells, job.mapping, defined, region)
+            row, problems = validate_row(number, cells, job.mapping, defined, region)
             errors += problems
             if row is not None:
                 valid.append(row)
-        first, last = records[0][0], records[-1][0] + 1
+        first, last = records[0][0], records[-1][0] + 1  # indexes among the data rows
         async with self.db.transaction() as session:
             # Claim the batch: a second runner of the same job (a retried event) finds it taken.
             claimed = await session.execute(
@@ -552,8 +556,12 @@ class ContactImporter:
             result = await import_batch(session, job.tenant_id, valid)
             errors += result.errors
             reported = list(progress.errors or [])
+            position = {column: i for i, column in enumerate(header)}  # errors in the file's column order
             room = MAX_REPORTED_ERRORS - len(reported)
-            reported += [e.as_dict() for e in sorted(errors, key=lambda e: e.row)[: max(room, 0)]]
+            reported += [
+                e.as_dict()
+                for e in sorted(errors, key=lambda e: (e.row, position.get(e.column, -1)))[: max(room, 0)]
+            ]
             updated = {cid: changed for cid, changed in result.updated.items() if changed}
             await session.execute(
                 update(ContactImport)
