@@ -21,6 +21,7 @@ from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.inbox_views import setup_inbox_routes
 from gateway.ui.web import security_headers
+from gateway.ui.webhook_views import setup_webhook_routes
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -57,3 +58,4 @@ def setup_ui(app: web.Application) -> None:
     setup_inbox_routes(app)
     setup_composer_routes(app)
     setup_admin_routes(app)
+    setup_webhook_routes(app)

@@ -332,6 +332,7 @@ class NotificationItem:
     snippet: str
     href: str
     created_local: datetime | None
+    kind: str = "mention"
 
 
 @page()
@@ -385,6 +386,8 @@ async def _describe(ui: Ui, notifications: Any) -> list[NotificationItem]:
         body = " ".join((bodies.get(n.message_id) or "").split())
         snippet = body if len(body) <= SNIPPET_LENGTH else body[: SNIPPET_LENGTH - 1] + "…"
         href = f"/inbox/c/{n.conversation_id}" + (f"#m{n.message_id}" if n.message_id else "")
+        if n.kind == "webhook_disabled":  # gateway.outbound_webhooks: a notice, not a mention
+            href, snippet = "/admin/webhooks", "A webhook failed repeatedly and was disabled."
         items.append(
             NotificationItem(
                 id=n.id,
@@ -396,6 +399,7 @@ async def _describe(ui: Ui, notifications: Any) -> list[NotificationItem]:
                 snippet=snippet,
                 href=href,
                 created_local=ui.local(n.created_at),
+                kind=n.kind,
             )
         )
     return items
