@@ -18,6 +18,7 @@ from gateway.ui.account_views import setup_account_routes
 from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
+from gateway.ui.contact_import_views import setup_contact_import_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.inbox_views import setup_inbox_routes
 from gateway.ui.web import security_headers
@@ -54,6 +55,7 @@ def setup_ui(app: web.Application) -> None:
     app.router.add_get("/", _home)
     setup_auth_routes(app)
     setup_account_routes(app)
+    setup_contact_import_routes(app)  # before /contacts/{contact_id}
     setup_contact_routes(app)
     setup_inbox_routes(app)
     setup_composer_routes(app)
