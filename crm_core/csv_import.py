@@ -334,10 +334,19 @@ async def import_batch(session: AsyncSession, tenant_id: int, rows: Sequence[Con
     addresses = {(EMAIL, r.email) for r in rows if r.email} | {(PHONE, r.phone) for r in rows if r.phone}
     owner: dict[tuple[str, str], int | str] = {}
     if addresses:
+        # One IN list per kind (the unique index on tenant, kind, address), not an OR per address.
+        by_kind: dict[str, list[str]] = {}
+        for kind, address in addresses:
+            by_kind.setdefault(kind, []).append(address)
         found = await session.execute(
             select(ChannelIdentity.kind, ChannelIdentity.address, ChannelIdentity.contact_id).where(
                 ChannelIdentity.tenant_id == tenant_id,
-                or_(*(and_(ChannelIdentity.kind == k, ChannelIdentity.address == a) for k, a in addresses)),
+                or_(
+                    *(
+                        and_(ChannelIdentity.kind == k, ChannelIdentity.address.in_(a))
+                        for k, a in by_kind.items()
+                    )
+                ),
             )
         )
         owner = {(kind, address): contact_id for kind, address, contact_id in found.all()}
