@@ -59,7 +59,8 @@ def operations() -> list[Operation]:
 def openapi_json() -> bytes:
     """The OpenAPI document, built once per process (the routes are fixed at import)."""
     document = build_openapi(operations())
-    document["paths"].update(contact_csv.openapi_paths())  # the raw CSV routes
+    for path, item in contact_csv.openapi_paths().items():  # the raw CSV routes
+        document["paths"].setdefault(path, {}).update(item)
     return json.dumps(document, indent=1).encode()
 
 
