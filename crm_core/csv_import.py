@@ -48,6 +48,8 @@ BATCH_ROWS = 500
 # One handler call imports this many rows, then queues the rest: an outbox lease never runs out.
 ROWS_PER_RUN = 10_000
 MAX_REPORTED_ERRORS = 10_000
+# Outbox attempts after which a failing import is marked failed (the dispatcher gives up at 15).
+GIVE_UP_AFTER = 10
 DELIMITERS = ",;\t|"
 FIELDS = ("name", "email", "phone", "company", "tags", "lifecycle_stage")
 ATTRIBUTE_PREFIX = "attributes."
@@ -489,7 +491,19 @@ class ContactImporter:
         self.batch_rows = batch_rows
 
     async def on_import_requested(self, event: Event) -> None:
-        await self.run(event.payload.get("import_id"), event.tenant_id)
+        try:
+            await self.run(event.payload.get("import_id"), event.tenant_id)
+        except Exception:
+            # The outbox retries; on the last tries the job is marked failed rather than left running.
+            if event.attempts < GIVE_UP_AFTER:
+                raise
+            logger.exception("contact import %s failed", event.payload.get("import_id"))
+            async with self.db.transaction() as session:
+                await session.execute(
+                    update(ContactImport)
+                    .where(ContactImport.id == event.payload.get("import_id"))
+                    .values(status=ImportStatus.FAILED, finished_at=utcnow())
+                )
 
     async def run(self, import_id: Any, tenant_id: int | None) -> None:
         """Import up to `rows_per_run` rows of the job, then queue the rest (or finish it)."""
@@ -529,6 +543,7 @@ class ContactImporter:
             if current.next_row >= current.total_rows:
                 current.status = ImportStatus.DONE
                 current.finished_at = utcnow()
+                current.content = ""  # no second copy of the customer data is kept once imported
             else:
                 await emit(session, job.tenant_id, (IMPORT_TOPIC, {"import_id": job.id}))
 

@@ -93,15 +93,17 @@ class WebhookFanout:
         types = public_types(event)
         if not types:
             return
+        wanted_query = select(WebhookSubscription.id, WebhookSubscription.event_types).where(
+            WebhookSubscription.tenant_id == event.tenant_id, WebhookSubscription.active.is_(True)
+        )
+        # Most events interest no subscription: find out without a write transaction (on SQLite,
+        # BEGIN IMMEDIATE would queue every handler of the batch behind this one).
+        async with self.db.sessionmaker() as session:
+            subscriptions = (await session.execute(wanted_query)).all()
+        if not any(t in (s.event_types or ()) for s in subscriptions for t in types):
+            return
         async with self.db.transaction() as session:
-            subscriptions = (
-                await session.execute(
-                    select(WebhookSubscription.id, WebhookSubscription.event_types).where(
-                        WebhookSubscription.tenant_id == event.tenant_id,
-                        WebhookSubscription.active.is_(True),
-                    )
-                )
-            ).all()
+            subscriptions = (await session.execute(wanted_query)).all()
             rows: list[dict[str, Any]] = []
             for public_type in types:
                 wanted = [s.id for s in subscriptions if public_type in (s.event_types or ())]
@@ -255,7 +257,9 @@ class WebhookSender:
         async with self.db.transaction() as session:
             delivery = (
                 await session.execute(select(WebhookDelivery).where(WebhookDelivery.id == delivery_id))
-            ).scalar_one()
+            ).scalar_one_or_none()
+            if delivery is None:  # the subscription was deleted meanwhile, with its log
+                return None, mails
             delivery.attempts += 1
             delivery.last_attempt_at = now
             delivery.response_status = attempt.status

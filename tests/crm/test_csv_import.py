@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import csv
 import io
@@ -9,7 +10,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from crm_core.csv_import import decode, preview, safe_cell, sniff_delimiter
+from crm_core.csv_import import ContactImporter, decode, preview, safe_cell, sniff_delimiter
+from crm_core.import_models import ContactImport, ImportStatus
 from crm_core.models import ChannelIdentity, Company, Contact, ContactTag
 from parley.auth import issue_token
 from parley.models import Role, User
@@ -279,3 +281,27 @@ def test_encodings_and_delimiters_are_detected() -> None:
         "",
         "3",
     ]
+
+
+async def test_two_runners_of_one_import_share_its_batches_and_nothing_is_imported_twice(api: Api) -> None:
+    read = preview(b"name,email\n" + b"".join(b"P%d,p%d@example.com\n" % (i, i) for i in range(9)))
+    async with api.db.transaction() as session:
+        job = ContactImport(
+            tenant_id=api.admin.tenant_id, filename="x.csv", content=read.text, encoding=read.encoding,
+            delimiter=read.delimiter, header=read.header, total_rows=read.total_rows,
+            mapping={"name": "name", "email": "email"}, status=ImportStatus.QUEUED, next_row=0,
+            created_count=0, updated_count=0, error_count=0, errors=[],
+        )  # fmt: skip
+        session.add(job)
+    # A redelivered event: two handlers on one job at once, each taking 4 rows a call in batches of 2.
+    importer = ContactImporter(api.db, rows_per_run=4, batch_rows=2)
+    for _ in range(4):
+        await asyncio.gather(
+            importer.run(job.id, api.admin.tenant_id), importer.run(job.id, api.admin.tenant_id)
+        )
+    async with api.db.sessionmaker() as session:
+        done = await session.get(ContactImport, job.id)
+        assert done is not None
+        assert (done.status, done.next_row, done.created_count) == ("done", 9, 9)
+        assert done.content == ""  # the file is not kept once imported
+    assert len(await contacts(api, api.admin.tenant_id)) == 9

@@ -51,7 +51,9 @@
     const status = document.getElementById("import-status");
     status.textContent = job.status === "done"
       ? "Done: " + job.created_count + " created, " + job.updated_count + " updated, " + job.error_count + " rows refused."
-      : "Importing… " + job.processed_rows + " of " + job.total_rows + " rows.";
+      : job.status === "failed"
+        ? "The import failed after " + job.processed_rows + " rows; those are imported."
+        : "Importing… " + job.processed_rows + " of " + job.total_rows + " rows.";
     status.dataset.status = job.status;
     if (job.status === "done" && job.error_count) {
       const link = document.getElementById("import-errors");
