@@ -7,20 +7,29 @@ import hmac
 import logging
 import time
 from datetime import timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from gateway.outbound_webhooks.delivery import DELIVERY_TOPIC, NOTIFICATION_KIND, WebhookFanout
+from gateway.outbound_webhooks.delivery import (
+    DELIVERY_TOPIC,
+    NOTIFICATION_KIND,
+    WebhookFanout,
+    retry_after_seconds,
+)
 from gateway.outbound_webhooks.models import WebhookDelivery, WebhookSubscription
 from gateway.outbound_webhooks.signing import sign, verify
+from gateway.outbound_webhooks.targets import GuardedResolver
 from inbox.models import Notification
 from parley.auth import issue_token
 from parley.db import Database, utcnow
 from parley.models import OutboxEvent, Role, User
 from parley.outbox import Event
+from parley.settings import WebhookSettings
 from tests.conftest import TenantAccess, eventually, make_tenant
+from tests.ui.composer_support import web_session
 from tests.webhooks.conftest import HooksFactory, Receiver
 
 
@@ -138,6 +147,11 @@ async def test_repeated_failures_disable_the_subscription_and_tell_the_admins(
             .all()
         )
     assert [n.user_id for n in notices] == [hooks.admin.user_id]
+    # The bell shows it as a notice pointing at the Webhooks screen, not as a mention.
+    signed_in = await web_session(hooks.db, hooks.admin.user_id)
+    async with hooks.client.get("/ui/notifications", cookies=signed_in.cookies) as response:
+        bell = await response.text()
+    assert "disabled a webhook" in bell and 'href="/admin/webhooks"' in bell and "mentioned you" not in bell
     assert [e["subscription_id"] for e in await events(hooks, "webhook.disabled")] == [created["id"]]
     # The mail went through Parley's mailer (logged here: no PARLEY_SMTP_URL in tests).
     await eventually(lambda: "Parley disabled a webhook" in caplog.text)
@@ -314,3 +328,19 @@ def test_signatures_verify_and_refuse_tampering_and_replays() -> None:
     stale = sign("whsec_k", body, now - int(timedelta(minutes=10).total_seconds()))
     assert not verify("whsec_k", body, stale)
     assert not verify("whsec_k", body, "v1=abc")
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    now = utcnow()
+    assert retry_after_seconds("120", now) == 120.0
+    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
+    assert 88 <= (retry_after_seconds(later, now) or 0) <= 90
+    assert retry_after_seconds("soon", now) is None and retry_after_seconds(None, now) is None
+
+
+async def test_deliveries_refuse_names_that_resolve_to_private_addresses() -> None:
+    """The resolver the sender connects through: a name re-pointed at 127.0.0.1 after saving is refused."""
+    with pytest.raises(OSError, match="not a public address"):
+        await GuardedResolver(WebhookSettings()).resolve("localhost", 443)
+    allowed = await GuardedResolver(WebhookSettings(allow_private_targets=True)).resolve("localhost", 443)
+    assert allowed
