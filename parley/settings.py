@@ -34,7 +34,8 @@ class WebhookSettings:
             allow_http=flag("PARLEY_WEBHOOKS_ALLOW_HTTP"),
             allow_private_targets=flag("PARLEY_WEBHOOKS_ALLOW_PRIVATE"),
             timeout=float(env.get("PARLEY_WEBHOOKS_TIMEOUT", "10")),
-            max_attempts=int(env.get("PARLEY_WEBHOOKS_MAX_ATTEMPTS", "15")),
+            # The outbox gives up an event after 15 claims: more attempts would never be made.
+            max_attempts=min(int(env.get("PARLEY_WEBHOOKS_MAX_ATTEMPTS", "15")), 15),
             disable_after=int(env.get("PARLEY_WEBHOOKS_DISABLE_AFTER", "15")),
         )
 
