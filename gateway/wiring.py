@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crm_core.csv_import import IMPORT_TOPIC, ContactImporter
 from crm_core.subscribers import crm_subscribers
 from crm_core.timeline import timeline_subscribers
 from gateway.live import live_subscribers
+from gateway.outbound_webhooks.delivery import webhook_subscribers
 from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.csat import CsatSurveyor, csat_subscribers
 from inbox.delivery import OutboundDelivery
@@ -85,6 +87,11 @@ def build_subscribers(
         subscribers[PRESENCE_CHANGED_TOPIC] = [*subscribers.get(PRESENCE_CHANGED_TOPIC, []), announce]
         for topic, handlers in live_subscribers(directory.hub).items():  # agents' open screens
             subscribers.setdefault(topic, []).extend(handlers)
+    # Outbound webhooks (fan-out last on each topic) and contact CSV imports in the background.
+    box, mailer = SecretBox(settings.secret_key), Mailer(settings)
+    for topic, handlers in webhook_subscribers(db, box, settings.webhooks, mailer).items():
+        subscribers.setdefault(topic, []).extend(handlers)
+    subscribers.setdefault(IMPORT_TOPIC, []).append(ContactImporter(db).on_import_requested)
     return subscribers
 
 

@@ -5,8 +5,39 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Outbound webhooks: where they may go and how hard Parley tries (README "Outbound webhooks")."""
+
+    # http:// targets (else https only) and private, loopback or link-local addresses (SSRF guard).
+    allow_http: bool = False
+    allow_private_targets: bool = False
+    timeout: float = 10.0
+    # Retries: exponential from `retry_base` seconds, capped, with jitter; `max_attempts` per delivery.
+    retry_base: float = 30.0
+    retry_cap: float = 4 * 3600.0
+    max_attempts: int = 15
+    # A subscription is disabled after this many failed attempts in a row spanning at least this long.
+    disable_after: int = 15
+    disable_after_seconds: float = 24 * 3600.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WebhookSettings:
+        def flag(name: str) -> bool:
+            return env.get(name, "").lower() in ("1", "true", "yes")
+
+        return cls(
+            allow_http=flag("PARLEY_WEBHOOKS_ALLOW_HTTP"),
+            allow_private_targets=flag("PARLEY_WEBHOOKS_ALLOW_PRIVATE"),
+            timeout=float(env.get("PARLEY_WEBHOOKS_TIMEOUT", "10")),
+            # The outbox gives up an event after 15 claims: more attempts would never be made.
+            max_attempts=min(int(env.get("PARLEY_WEBHOOKS_MAX_ATTEMPTS", "15")), 15),
+            disable_after=int(env.get("PARLEY_WEBHOOKS_DISABLE_AFTER", "15")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +59,7 @@ class Settings:
     # Unset: the message is written to the log instead, which is enough for a single-user trial.
     smtp_url: str | None = None
     mail_from: str = "Parley <parley@localhost>"
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -50,6 +82,7 @@ class Settings:
             media_max_bytes=int(env.get("PARLEY_MEDIA_MAX_BYTES", str(25 * 1024 * 1024))),
             smtp_url=env.get("PARLEY_SMTP_URL") or None,
             mail_from=env.get("PARLEY_MAIL_FROM") or "Parley <parley@localhost>",
+            webhooks=WebhookSettings.from_env(env),
         )
 
     @property

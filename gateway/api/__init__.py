@@ -11,6 +11,7 @@ from gateway.api import (
     assignment,
     companies,
     composer,
+    contact_csv,
     contacts,
     conversation_actions,
     conversations,
@@ -26,6 +27,7 @@ from gateway.api import (
     timeline,
     typing_indicator,
     users,
+    webhooks,
 )
 from gateway.api.openapi import OPENAPI_PATH, build_openapi
 from gateway.api.routing import Operation, RouteTable, add_routes
@@ -33,6 +35,8 @@ from gateway.api.routing import Operation, RouteTable, add_routes
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     me.routes,
     inboxes.routes,
+    # Before `contacts`: /contacts/imports must be tried before /contacts/{contact_id}.
+    contact_csv.routes,
     contacts.routes,
     # Before `conversations`: /conversations/counts must be tried before /conversations/{conversation_id}.
     conversation_actions.routes,
@@ -50,6 +54,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     timeline.routes,
     tickets.routes,
     csat.routes,
+    webhooks.routes,
 )
 
 
@@ -61,7 +66,10 @@ def operations() -> list[Operation]:
 @functools.cache
 def openapi_json() -> bytes:
     """The OpenAPI document, built once per process (the routes are fixed at import)."""
-    return json.dumps(build_openapi(operations()), indent=1).encode()
+    document = build_openapi(operations())
+    for path, item in contact_csv.openapi_paths().items():  # the raw CSV routes
+        document["paths"].setdefault(path, {}).update(item)
+    return json.dumps(document, indent=1).encode()
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -70,5 +78,6 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def setup_api(app: web.Application) -> None:
     """Register the API routes and the OpenAPI document."""
+    contact_csv.setup_contact_csv(app)  # first: /contacts/export.csv is not a /contacts/{contact_id}
     add_routes(app, operations())
     app.router.add_get(OPENAPI_PATH, _openapi, name="get_openapi", allow_head=False)

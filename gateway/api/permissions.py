@@ -33,6 +33,8 @@ class Permission(StrEnum):
     READ_TICKETS = "tickets:read"
     WRITE_TICKETS = "tickets:write"
     READ_REPORTS = "reports:read"  # CSAT and other floor reports: supervisors and admins
+    MANAGE_WEBHOOKS = "webhooks:manage"  # outbound webhooks carry every event out: admins only
+    IMPORT_CONTACTS = "contacts:import"  # CSV import and export: whole contact lists at once
 
 
 _EVERYTHING = frozenset(Permission)
@@ -41,7 +43,7 @@ _READ_CRM = frozenset({Permission.READ_CONTACTS, Permission.READ_CONVERSATIONS})
 GRANTS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _EVERYTHING,
     # Supervisors run the floor (teams, routing, inboxes) but do not hand out roles.
-    Role.SUPERVISOR: _EVERYTHING - {Permission.MANAGE_USERS},
+    Role.SUPERVISOR: _EVERYTHING - {Permission.MANAGE_USERS, Permission.MANAGE_WEBHOOKS},
     Role.AGENT: _EVERYTHING
     - {
         Permission.MANAGE_INBOXES,
@@ -55,9 +57,11 @@ GRANTS: Mapping[Role, frozenset[Permission]] = {
         Permission.MANAGE_TASKS,
         Permission.MANAGE_TASK_RULES,
         Permission.READ_REPORTS,
+        Permission.MANAGE_WEBHOOKS,
+        Permission.IMPORT_CONTACTS,
     },
     # Marketers own lead scoring and read the pipeline it feeds.
-    Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING},
+    Role.MARKETER: _READ_CRM | {Permission.READ_DEALS, Permission.MANAGE_SCORING, Permission.IMPORT_CONTACTS},
     Role.BOT_DESIGNER: _READ_CRM,
 }
 

@@ -19,6 +19,7 @@ from gateway.ui.account_views import setup_account_routes
 from gateway.ui.admin_views import setup_admin_routes
 from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
+from gateway.ui.contact_import_views import setup_contact_import_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.csat_views import setup_csat_routes
 from gateway.ui.deal_views import setup_deal_routes
@@ -27,6 +28,7 @@ from gateway.ui.task_views import setup_task_routes
 from gateway.ui.ticket_views import setup_ticket_routes
 from gateway.ui.timeline_views import setup_timeline_routes
 from gateway.ui.web import Ui, page, redirect, security_headers
+from gateway.ui.webhook_views import setup_webhook_routes
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -72,6 +74,7 @@ def setup_ui(app: web.Application) -> None:
     app.router.add_get("/", _home)
     setup_auth_routes(app)
     setup_account_routes(app)
+    setup_contact_import_routes(app)  # before /contacts/{contact_id}
     setup_contact_routes(app)
     setup_timeline_routes(app)
     setup_deal_routes(app)
@@ -81,3 +84,4 @@ def setup_ui(app: web.Application) -> None:
     setup_task_routes(app)
     setup_csat_routes(app)
     setup_ticket_routes(app)
+    setup_webhook_routes(app)

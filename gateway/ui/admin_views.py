@@ -193,6 +193,7 @@ def admin_tabs(ui: Ui) -> list[dict[str, str]]:
         ("inboxes", "Inboxes", Permission.MANAGE_INBOXES),
         ("users", "Users", Permission.MANAGE_USERS),
         ("teams", "Teams", Permission.MANAGE_ROUTING),
+        ("webhooks", "Webhooks", Permission.MANAGE_WEBHOOKS),
     ]
     return [{"key": key, "label": label, "href": f"/admin/{key}"} for key, label, p in tabs if ui.may(p)]
 

@@ -402,6 +402,8 @@ async def _describe(ui: Ui, notifications: Any) -> list[NotificationItem]:
         body = " ".join((bodies.get(n.message_id) or "").split())
         snippet = body if len(body) <= SNIPPET_LENGTH else body[: SNIPPET_LENGTH - 1] + "…"
         href = f"/inbox/c/{n.conversation_id}" + (f"#m{n.message_id}" if n.message_id else "")
+        if n.kind == "webhook_disabled":  # gateway.outbound_webhooks: a notice, not a mention
+            href, snippet = "/admin/webhooks", "A webhook failed repeatedly and was disabled."
         items.append(
             NotificationItem(
                 id=n.id,
@@ -413,6 +415,7 @@ async def _describe(ui: Ui, notifications: Any) -> list[NotificationItem]:
                 snippet=snippet,
                 href=href,
                 created_local=ui.local(n.created_at),
+                what="disabled a webhook" if n.kind == "webhook_disabled" else "mentioned you",
             )
         )
     return items

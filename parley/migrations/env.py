@@ -8,7 +8,9 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import crm_core.import_models
 import crm_core.models
+import gateway.outbound_webhooks.models
 import inbox.models
 import parley.models
 import routing.models
@@ -17,6 +19,7 @@ from parley.migrate import include_name
 
 # Every table must be known to autogenerate.
 _ = (crm_core.models, inbox.models, parley.models, routing.models)
+_webhooks_imports = (crm_core.import_models, gateway.outbound_webhooks.models)
 target_metadata = Base.metadata
 config = context.config
 

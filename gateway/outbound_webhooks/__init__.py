@@ -1,0 +1,1 @@
+"""Outbound webhooks: integrators subscribe to Parley's public events and get signed HTTP POSTs."""
