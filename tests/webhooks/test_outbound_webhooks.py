@@ -344,3 +344,26 @@ async def test_deliveries_refuse_names_that_resolve_to_private_addresses() -> No
         await GuardedResolver(WebhookSettings()).resolve("localhost", 443)
     allowed = await GuardedResolver(WebhookSettings(allow_private_targets=True)).resolve("localhost", 443)
     assert allowed
+
+
+async def test_a_solved_ticket_is_published_as_ticket_resolved(
+    make_hooks: HooksFactory, receiver: Receiver
+) -> None:
+    hooks = await make_hooks()
+    await hooks.subscribe(["ticket.created", "ticket.resolved"])
+    status, contact = await hooks.call("POST", "/contacts", body={"name": "Ann"})
+    assert status == 201
+    status, ticket = await hooks.call(
+        "POST", "/tickets", body={"subject": "Printer", "contact_id": contact["id"]}
+    )
+    assert status == 201, ticket
+    status, _ = await hooks.call("POST", f"/tickets/{ticket['id']}/status", body={"status": "pending"})
+    assert status == 200  # a status change that is not solving: not published as resolved
+    status, _ = await hooks.call("POST", f"/tickets/{ticket['id']}/status", body={"status": "solved"})
+    assert status == 200
+    await eventually(lambda: len(receiver.received) >= 2)
+    await hooks.settle()
+
+    assert [r.headers["Parley-Event"] for r in receiver.received] == ["ticket.created", "ticket.resolved"]
+    data = receiver.received[1].json["data"]
+    assert (data["ticket_id"], data["from"], data["to"]) == (ticket["id"], "pending", "solved")
