@@ -10,13 +10,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import crm_core.models
 import inbox.models
+import parley.audit
 import parley.models
 import routing.models
 from parley.db import Base
 from parley.migrate import include_name
 
 # Every table must be known to autogenerate.
-_ = (crm_core.models, inbox.models, parley.models, routing.models)
+_ = (crm_core.models, inbox.models, parley.audit, parley.models, routing.models)
 target_metadata = Base.metadata
 config = context.config
 
