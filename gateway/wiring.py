@@ -9,6 +9,7 @@ from gateway.live import live_subscribers
 from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
+from inbox.retention import sweep_retention as run_retention
 from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from inbox.snooze import SnoozeWaker, wake_due_snoozes
@@ -19,6 +20,7 @@ from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.realtime import Hub, build_hub
 from parley.settings import Settings
+from parley.unsubscribe import UnsubscribeSigner
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 from routing.escalation import Escalator, escalation_subscribers
 from routing.sla import SlaClocks, sla_subscribers
@@ -43,7 +45,13 @@ def build_subscribers(
     settings: Settings, db: Database, directory: InboxDirectory, media: MediaStore
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
-    delivery = OutboundDelivery(db, directory, lambda: settings.public_url, media=media)
+    delivery = OutboundDelivery(
+        db,
+        directory,
+        lambda: settings.public_url,
+        media=media,
+        unsubscribe=UnsubscribeSigner(settings.secret_key),
+    )
     subscribers: dict[str, list[Handler]] = {
         OUTBOUND_TOPIC: [delivery.deliver],
         EARLY_STATUS_TOPIC: [delivery.apply_early_status],
@@ -86,6 +94,11 @@ async def wake_snoozed(runtime: Runtime) -> int:
 async def sweep_sla(db: Database) -> int:
     """One SLA sweep (the Celery beat task's body): emit the warnings and breaches that came due."""
     return await SlaClocks(db).sweep()
+
+
+async def sweep_retention(runtime: Runtime) -> int:
+    """Apply every tenant's retention policy (the Celery beat task's body); return conversations deleted."""
+    return (await run_retention(runtime.db, runtime.media)).conversations
 
 
 def build_media_store(settings: Settings) -> MediaStore:

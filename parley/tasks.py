@@ -16,6 +16,7 @@ DISPATCH_TASK = "parley.dispatch"
 PURGE_TASK = "parley.purge_outbox"
 SNOOZE_TASK = "parley.wake_snoozed"
 SLA_SWEEP_TASK = "parley.sla_sweep"
+RETENTION_TASK = "parley.retention_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -40,6 +41,8 @@ def celery_app(broker_url: str) -> Celery:
             "snooze-sweep": {"task": SNOOZE_TASK, "schedule": 15.0},
             # SLA warnings and breaches come due without an event: beat looks for them.
             "sla-sweep": {"task": SLA_SWEEP_TASK, "schedule": 15.0},
+            # Retention policies delete old resolved conversations (batched; safe with many workers).
+            "retention-sweep": {"task": RETENTION_TASK, "schedule": 3600.0},
         },
         timezone="UTC",
     )
@@ -47,6 +50,7 @@ def celery_app(broker_url: str) -> Celery:
     app.task(name=PURGE_TASK)(purge_outbox)
     app.task(name=SNOOZE_TASK)(wake_snoozed)
     app.task(name=SLA_SWEEP_TASK)(sla_sweep)
+    app.task(name=RETENTION_TASK)(retention_sweep)
     _apps[broker_url] = app
     return app
 
@@ -80,6 +84,15 @@ def sla_sweep() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(sweep_sla(runtime["runtime"].db))
+    return result
+
+
+def retention_sweep() -> int:
+    """Delete the conversations past their tenant's retention policy; return how many."""
+    from gateway.wiring import sweep_retention
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_retention(runtime["runtime"]))
     return result
 
 

@@ -18,6 +18,7 @@ from gateway.api import (
     deals,
     inboxes,
     me,
+    privacy,
     search,
     sla,
     typing_indicator,
@@ -42,6 +43,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     composer.routes,
     search.routes,
     sla.routes,
+    privacy.routes,
 )
 
 
