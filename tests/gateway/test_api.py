@@ -26,6 +26,7 @@ from parley.models import ApiToken, OutboxEvent, Role
 from parley.settings import Settings
 from tests.conftest import SECRET_KEY, TenantAccess, eventually, make_tenant
 from tests.fakes.twilio_api import FakeTwilioApi
+from tests.gateway.test_privacy import PRIVACY_ROUTES
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -971,7 +972,7 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         ("get", "/api/v1/openapi.json"),
         ("post", "/webhooks/{inbox_id}"),
         ("post", "/webhooks/{inbox_id}/status"),
-    } | CRM_ROUTES | ACTION_ROUTES | COMPOSER_ROUTES == documented
+    } | CRM_ROUTES | ACTION_ROUTES | COMPOSER_ROUTES | PRIVACY_ROUTES == documented
     assert len(operations()) == len(served) - 1  # everything but the document itself is declared once
 
     schemas = document["components"]["schemas"]

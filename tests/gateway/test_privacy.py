@@ -29,6 +29,17 @@ from tests.fakes.twilio_api import FakeTwilioApi, load_fixture, post_signed
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
+PRIVACY_ROUTES = {
+    ("get", "/api/v1/audit-log"),
+    ("get", "/api/v1/contacts/{contact_id}/consent"),
+    ("put", "/api/v1/contacts/{contact_id}/consent"),
+    ("get", "/api/v1/contacts/{contact_id}/export"),
+    ("post", "/api/v1/contacts/{contact_id}/erase"),
+    ("get", "/api/v1/retention"),
+    ("put", "/api/v1/retention"),
+    ("get", "/api/v1/retention/stats"),
+}
+
 
 @dataclass
 class World:
