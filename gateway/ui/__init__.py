@@ -20,6 +20,7 @@ from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.inbox_views import setup_inbox_routes
+from gateway.ui.privacy_views import setup_privacy_routes
 from gateway.ui.web import security_headers
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -57,3 +58,4 @@ def setup_ui(app: web.Application) -> None:
     setup_inbox_routes(app)
     setup_composer_routes(app)
     setup_admin_routes(app)
+    setup_privacy_routes(app)
