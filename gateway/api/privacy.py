@@ -36,6 +36,19 @@ def actor_of(call: ApiRequest) -> Actor:
     return Actor(kind, call.principal.user_id, call.request.remote)
 
 
+async def audit_merge(call: ApiRequest, survivor_id: int, merged_id: int, merge_id: int | None) -> None:
+    """The audit entry of a contact merge (ids only: the merge's own record keeps the snapshot)."""
+    await audit(
+        call.session,
+        tenant_id=call.tenant_id,
+        actor=actor_of(call),
+        action="contact.merged",
+        object_type="contact",
+        object_id=survivor_id,
+        details={"merged_id": merged_id, "merge_id": merge_id},
+    )
+
+
 # --- audit log ------------------------------------------------------------------------------------
 
 

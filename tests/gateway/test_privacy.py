@@ -590,6 +590,20 @@ async def test_the_audit_log_is_for_admins_of_the_tenant_filtered_and_paged(
     assert status == 200 and theirs["data"] == []
 
 
+async def test_a_contact_merge_is_audited_by_ids_only(world: World) -> None:
+    status, ann = await world.call("POST", "/contacts", body={"name": "Ann Example", "phone": "+14155550166"})
+    assert status == 201
+    status, dup = await world.call("POST", "/contacts", body={"name": "Ann E.", "email": "ann@example.com"})
+    assert status == 201
+    status, _ = await world.call("POST", f"/contacts/{ann['id']}/merge/preview", body={"merge_id": dup["id"]})
+    assert status == 200 and await world.audit("contact.merged") == []
+    status, report = await world.call("POST", f"/contacts/{ann['id']}/merge", body={"merge_id": dup["id"]})
+    assert status == 200, report
+    (entry,) = await world.audit("contact.merged")
+    assert (entry.object_id, entry.actor_type) == (ann["id"], "api_token")
+    assert entry.details == {"merged_id": dup["id"], "merge_id": report["merge_id"]}
+
+
 async def test_the_openapi_document_lists_the_privacy_operations(world: World) -> None:
     async with world.client.get("/api/v1/openapi.json") as response:
         paths = (await response.json())["paths"]
