@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -19,8 +20,9 @@ from gateway.app import create_app
 from gateway.keys import MEDIA, NOTIFIER
 from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
 from inbox.privacy import referring_tables
+from inbox.retention import sweep_retention
 from parley.audit import AuditEntry
-from parley.db import Base, Database
+from parley.db import Base, Database, utcnow
 from parley.models import OutboxEvent, Role
 from parley.settings import Settings
 from parley.unsubscribe import UnsubscribeSigner
@@ -602,6 +604,60 @@ async def test_a_contact_merge_is_audited_by_ids_only(world: World) -> None:
     (entry,) = await world.audit("contact.merged")
     assert (entry.object_id, entry.actor_type) == (ann["id"], "api_token")
     assert entry.details == {"merged_id": dup["id"], "merge_id": report["merge_id"]}
+
+
+async def test_retention_policies_through_the_api_validated_scoped_and_counted(
+    world: World, db: Database
+) -> None:
+    other = await make_tenant(db, "globex")
+    theirs = await make_twilio_inbox(
+        db, other.tenant_id, world.fake.base_url, world.fake.account_sid, "x" * 32
+    )
+    body = {
+        "policies": [
+            {"inbox_id": None, "resolved_after_days": 30},
+            {"inbox_id": world.inbox_id, "resolved_after_days": 7},
+        ]
+    }
+    status, answer = await world.call("PUT", "/retention", body=body)
+    assert status == 200, answer
+    assert [(p["inbox_id"], p["resolved_after_days"]) for p in answer["policies"]] == [
+        (None, 30),
+        (world.inbox_id, 7),
+    ]
+    for bad in (
+        {"policies": [{"inbox_id": theirs, "resolved_after_days": 7}]},  # another tenant's inbox
+        {
+            "policies": [
+                {"inbox_id": None, "resolved_after_days": 7},
+                {"inbox_id": None, "resolved_after_days": 9},
+            ]
+        },
+        {"policies": [{"inbox_id": None, "resolved_after_days": 0}]},
+    ):
+        assert (await world.call("PUT", "/retention", body=bad))[0] == 422, bad
+    assert (await world.call("GET", "/retention"))[1] == answer  # refusals changed nothing
+    assert (await world.call("GET", "/retention", who=other))[1] == {"policies": []}
+    supervisor = await make_tenant(db, "acme", role=Role.SUPERVISOR, email="s@acme.example.com")
+    assert (await world.call("PUT", "/retention", who=supervisor, body=body))[0] == 403
+    (entry,) = await world.audit("retention.changed")
+    assert entry.details["after"] == body["policies"] and entry.details["before"] == []
+
+    # A resolved conversation 8 days old goes (this inbox keeps 7 days); the stats keep its count.
+    assert await world.sms("Hello", "SM" + "1" * 32) == 200
+    async with db.transaction() as session:
+        conversation = (await session.execute(select(Conversation))).scalar_one()
+        conversation.status = ConversationStatus.RESOLVED
+        conversation.resolved_at = utcnow() - timedelta(days=8)
+        day = conversation.created_at.date().isoformat()
+    run = await sweep_retention(db)
+    assert run.conversations == 1
+    status, stats = await world.call("GET", "/retention/stats")
+    assert status == 200
+    assert stats["data"] == [
+        {"inbox_id": world.inbox_id, "day": day, "conversations": 1, "messages_in": 1, "messages_out": 0}
+    ]
+    assert (await world.call("GET", "/retention/stats", who=other))[1]["data"] == []
 
 
 async def test_the_openapi_document_lists_the_privacy_operations(world: World) -> None:
