@@ -219,6 +219,8 @@ class OutboundMessage:
     subject: str | None = None
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
+    # Email: the RFC 8058 one-click unsubscribe URL for the List-Unsubscribe headers.
+    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

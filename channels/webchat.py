@@ -157,7 +157,15 @@ class ContactDetails:
     email: str | None
 
 
-Frame = Hello | Say | Typing | Ack | ContactDetails
+@dataclass(frozen=True, slots=True)
+class ConsentChoice:
+    """The visitor's decision about marketing messages (the widget's "No marketing" link)."""
+
+    purpose: Literal["marketing"]
+    granted: bool
+
+
+Frame = Hello | Say | Typing | Ack | ContactDetails | ConsentChoice
 
 
 def _opt_str(obj: Mapping[str, Any], key: str, limit: int) -> str | None:
@@ -234,12 +242,22 @@ def _parse_contact(obj: Mapping[str, Any]) -> ContactDetails:
     return details
 
 
+def _parse_consent(obj: Mapping[str, Any]) -> ConsentChoice:
+    if obj.get("purpose") != "marketing":
+        raise MalformedPayload("purpose must be 'marketing'")
+    granted = obj.get("granted")
+    if not isinstance(granted, bool):
+        raise MalformedPayload("granted must be true or false")
+    return ConsentChoice(purpose="marketing", granted=granted)
+
+
 _PARSERS: Mapping[str, Callable[[Mapping[str, Any]], Frame]] = {
     "hello": _parse_hello,
     "message": _parse_say,
     "typing": _parse_typing,
     "ack": _parse_ack,
     "contact": _parse_contact,
+    "consent": _parse_consent,
 }
 FRAME_TYPES = tuple(_PARSERS)
 

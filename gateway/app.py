@@ -17,9 +17,11 @@ from gateway.live import setup_live
 from gateway.media import setup_media
 from gateway.notify import CeleryNotifier
 from gateway.ui import setup_ui
+from gateway.unsubscribe import setup_unsubscribe
 from gateway.webchat import setup_webchat
 from gateway.webhooks import MAX_WEBHOOK_BYTES, setup_webhooks
 from gateway.wiring import build_runtime
+from inbox.retention import RetentionSweeper
 from inbox.snooze import SnoozeWaker
 from parley.crypto import SecretBox
 from parley.mailer import Mailer
@@ -55,6 +57,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
         sla_sweeps: asyncio.Task[None] | None = None
         task_sweeps: list[asyncio.Task[None]] = []
         ticket_sweeps: asyncio.Task[None] | None = None
+        retention: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
@@ -75,13 +78,15 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             ticket_sweeps = asyncio.create_task(
                 TicketSla(runtime.db).run_sweeps(notify=runtime.dispatcher.notify)
             )
+            # Retention deletes old resolved conversations hourly.
+            retention = asyncio.create_task(RetentionSweeper(runtime.db, runtime.media).run_sweeps())
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
             app[NOTIFIER] = celery
             await celery.start()
         yield
-        for sweep in (sweeps, snoozes, sla_sweeps, ticket_sweeps, *task_sweeps):
+        for sweep in (sweeps, snoozes, sla_sweeps, ticket_sweeps, retention, *task_sweeps):
             if sweep is not None:
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)
@@ -107,6 +112,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
     setup_api(app)
     setup_ui(app)
     setup_live(app)
+    setup_unsubscribe(app)
     return app
 
 

@@ -22,12 +22,19 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from channels.base import ButtonReply, DeliveryStatus, InboundEvent, InboundMessage
-from crm_core.consent import record_consent
+from crm_core.consent import (
+    ALL_PURPOSES,
+    CONSENT_CHANGED_TOPIC,
+    audit_consent,
+    consent_event,
+    record_consent,
+)
 from crm_core.models import ChannelIdentity, Contact
 from inbox.media_fetch import MEDIA_PENDING_TOPIC
 from inbox.models import Conversation, ConversationStatus, Message, MessageStatus
 from inbox.runtime import InboxRuntime
 from inbox.service import EARLY_STATUS_TOPIC, apply_delivery_status
+from parley.audit import Actor
 from parley.db import Database, utcnow
 from parley.outbox import emit
 
@@ -550,20 +557,26 @@ async def _store_message(
 
     if event.consent_change is not None:
         granted = event.consent_change == "opt_in"
+        channel, source = inbox.channel.consent_channel, f"keyword:{event.text.strip().upper()[:40]}"
         changed = await record_consent(
             session,
             tenant_id=tenant_id,
             contact_id=contact_id,
-            channel=inbox.channel.consent_channel,
+            channel=channel,
             granted=granted,
-            source=f"keyword:{event.text.strip().upper()[:40]}",
+            source=source,
         )
         if changed:
-            events.append(
-                (
-                    "contact.consent_changed",
-                    {"contact_id": contact_id, "channel": inbox.channel.consent_channel, "granted": granted},
-                )
+            events.append((CONSENT_CHANGED_TOPIC, consent_event(contact_id, channel, ALL_PURPOSES, granted)))
+            await audit_consent(
+                session,
+                tenant_id=tenant_id,
+                contact_id=contact_id,
+                channel=channel,
+                purpose=ALL_PURPOSES,
+                granted=granted,
+                source=source,
+                actor=Actor("contact", contact_id),
             )
 
     await emit(session, tenant_id, *events)

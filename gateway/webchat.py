@@ -40,6 +40,7 @@ from channels.webchat import (
     IDENTITY_KIND,
     RECEIPT_PREFIX,
     Ack,
+    ConsentChoice,
     ContactDetails,
     Hello,
     Say,
@@ -53,6 +54,7 @@ from channels.webchat import (
     typing_topic,
     visitor_topic,
 )
+from crm_core.consent import change_consent
 from gateway.errors import json_error
 from gateway.keys import DB, DIRECTORY, HUB, MEDIA, NOTIFIER, SETTINGS
 from gateway.pipeline import ingest
@@ -60,6 +62,7 @@ from inbox.linking import announce, ensure_identity, link_email, normalised_emai
 from inbox.media_fetch import store_inline_attachments
 from inbox.models import Conversation, Message, MessageStatus
 from inbox.runtime import InboxRuntime
+from parley.audit import Actor
 from parley.db import Database
 from parley.metrics import INBOUND_MESSAGES
 from parley.outbox import Event
@@ -243,6 +246,34 @@ async def save_contact_details(app: web.Application, visitor: Visitor, details: 
     app[NOTIFIER].notify()
 
 
+# A visitor who declines marketing in the widget declines it where marketing reaches them: in the
+# chat and by email (the address the pre-chat form or the offline prompt gave).
+WIDGET_CONSENT_CHANNELS = ("webchat", "email")
+
+
+async def save_consent_choice(
+    app: web.Application, visitor: Visitor, choice: ConsentChoice, remote: str | None
+) -> None:
+    """Record the visitor's marketing decision on their contact; audited, announced."""
+    changed = False
+    async with app[DB].transaction() as session:
+        contact = await ensure_identity(session, visitor.inbox.tenant_id, IDENTITY_KIND, visitor.address)
+        for channel in WIDGET_CONSENT_CHANNELS:
+            changed |= await change_consent(
+                session,
+                tenant_id=visitor.inbox.tenant_id,
+                contact_id=contact.contact_id,
+                channel=channel,
+                purpose=choice.purpose,
+                granted=choice.granted,
+                source="webchat-widget",
+                actor=Actor("contact", contact.contact_id, remote),
+            )
+        await announce(session, visitor.inbox.tenant_id, contact)
+    if changed or contact.events:
+        app[NOTIFIER].notify()
+
+
 class TokenBucket:
     """`burst` actions at once, then `rate` a second."""
 
@@ -267,6 +298,7 @@ class _Connection:
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse, visitor: Visitor) -> None:
         self.app = request.app
+        self.remote = request.remote
         self.ws = ws
         self.visitor = visitor
         self.sent: set[int] = set()
@@ -302,7 +334,7 @@ class _Connection:
         except MalformedPayload as e:
             await self.error("malformed_frame", str(e))
             return
-        budget = self.writes if isinstance(frame, Say | ContactDetails) else self.signals
+        budget = self.writes if isinstance(frame, Say | ContactDetails | ConsentChoice) else self.signals
         if not budget.take():
             reason = "too many frames in a row; slow down"
             await self.error("rate_limited", reason)
@@ -329,6 +361,9 @@ class _Connection:
                 await self.error("invalid_email", str(e))
                 return
             await self.send({"type": "contact_saved"})
+        elif isinstance(frame, ConsentChoice):
+            await save_consent_choice(self.app, self.visitor, frame, self.remote)
+            await self.send({"type": "consent_saved", "purpose": frame.purpose, "granted": frame.granted})
         else:
             await self.error("unexpected_frame", "hello is sent once, first")
 

@@ -13,6 +13,7 @@ from gateway.webchat import PRESENCE_CHANGED_TOPIC, PresenceAnnouncer
 from inbox.csat import CsatSurveyor, csat_subscribers
 from inbox.delivery import OutboundDelivery
 from inbox.media_fetch import MEDIA_PENDING_TOPIC, MediaFetcher
+from inbox.retention import sweep_retention as run_retention
 from inbox.runtime import InboxDirectory
 from inbox.service import EARLY_STATUS_TOPIC, OUTBOUND_TOPIC
 from inbox.snooze import SnoozeWaker, wake_due_snoozes
@@ -24,6 +25,7 @@ from parley.media import MediaStore
 from parley.outbox import Dispatcher, Handler
 from parley.realtime import Hub, build_hub
 from parley.settings import Settings
+from parley.unsubscribe import UnsubscribeSigner
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 from routing.escalation import Escalator, escalation_subscribers
 from routing.sla import SlaClocks, sla_subscribers
@@ -51,7 +53,13 @@ def build_subscribers(
     settings: Settings, db: Database, directory: InboxDirectory, media: MediaStore
 ) -> dict[str, list[Handler]]:
     """Every outbox topic with the handlers that consume it."""
-    delivery = OutboundDelivery(db, directory, lambda: settings.public_url, media=media)
+    delivery = OutboundDelivery(
+        db,
+        directory,
+        lambda: settings.public_url,
+        media=media,
+        unsubscribe=UnsubscribeSigner(settings.secret_key),
+    )
     subscribers: dict[str, list[Handler]] = {
         OUTBOUND_TOPIC: [delivery.deliver],
         EARLY_STATUS_TOPIC: [delivery.apply_early_status],
@@ -134,6 +142,11 @@ async def sweep_routing(db: Database) -> int:
 async def sweep_ticket_sla(db: Database) -> int:
     """One ticket SLA sweep (the Celery beat task's body): emit the breaches that came due."""
     return await TicketSla(db).sweep()
+
+
+async def sweep_retention(runtime: Runtime) -> int:
+    """Apply every tenant's retention policy (the Celery beat task's body); return conversations deleted."""
+    return (await run_retention(runtime.db, runtime.media)).conversations
 
 
 def build_media_store(settings: Settings) -> MediaStore:

@@ -19,7 +19,7 @@ from channels.base import (
     Template,
     TransientDeliveryError,
 )
-from crm_core.consent import has_opted_out
+from crm_core.consent import withdrawn
 from crm_core.models import ChannelIdentity
 from inbox.models import Conversation, Message, MessageStatus
 from inbox.runtime import InboxDirectory
@@ -28,6 +28,7 @@ from parley.db import Database
 from parley.media import MediaStore
 from parley.metrics import MESSAGES_SENT
 from parley.outbox import Event, RetryLater, emit
+from parley.unsubscribe import UNSUBSCRIBE_PATH, UnsubscribeSigner
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,27 @@ class OutboundDelivery:
         max_attempts: int = 8,
         early_status_attempts: int = 6,
         media: MediaStore | None = None,
+        unsubscribe: UnsubscribeSigner | None = None,
     ) -> None:
         self.db = db
+        self.unsubscribe = unsubscribe
         self.media = media
         self.directory = directory
         self.public_url = public_url
         self.max_attempts = max_attempts
         # Backoff from 1 s doubling: six attempts wait for the sender for about half a minute.
         self.early_status_attempts = early_status_attempts
+
+    def _unsubscribe_url(
+        self, base: str | None, channel: str, tenant_id: int | None, contact_id: int, purpose: str
+    ) -> str | None:
+        """The RFC 8058 one-click URL for email (other channels opt out by keyword)."""
+        if channel != "email" or self.unsubscribe is None or not base or tenant_id is None:
+            return None
+        token = self.unsubscribe.token(
+            tenant_id=tenant_id, contact_id=contact_id, channel=channel, purpose=purpose
+        )
+        return f"{base.rstrip('/')}{UNSUBSCRIBE_PATH}{token}"
 
     async def deliver(self, event: Event) -> None:
         """Handler for `message.outbound`."""
@@ -79,8 +93,10 @@ class OutboundDelivery:
             if row is None or row.Message.status != MessageStatus.QUEUED:
                 return  # already sent (a redelivered event) or deleted
             message: Message = row.Message
-            opted_out = inbox is not None and await has_opted_out(
-                session, contact_id=row.contact_id, channel=inbox.channel.consent_channel
+            # Replies in a conversation are transactional; a campaign marks its messages "marketing".
+            purpose = str(message.extra.get("purpose") or "transactional")
+            opted_out = inbox is not None and await withdrawn(
+                session, contact_id=row.contact_id, channel=inbox.channel.consent_channel, purpose=purpose
             )
         if inbox is None:
             await self._fail(
@@ -126,6 +142,9 @@ class OutboundDelivery:
                 stored_template["name"],
                 stored_template.get("language"),
                 stored_template.get("variables") or {},
+            ),
+            unsubscribe_url=self._unsubscribe_url(
+                base, inbox.channel.consent_channel, event.tenant_id, row.contact_id, purpose
             ),
             **thread,
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -277,3 +277,33 @@ class CannedResponse(Base):
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+# --- privacy: retention policies and the daily counts that outlive deleted conversations ---------
+
+
+class RetentionPolicy(Base):
+    """Delete a tenant's resolved conversations (of one inbox, or of any: `inbox_id` None) after `days`."""
+
+    __tablename__ = "retention_policies"
+    __table_args__ = (Index("ix_retention_policies_tenant_id", "tenant_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    inbox_id: Mapped[int | None] = mapped_column(ForeignKey("inboxes.id", ondelete="CASCADE"))
+    resolved_after_days: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ConversationDailyStats(Base):
+    """Per inbox and day a conversation was opened: what the retention sweep deleted, counted."""
+
+    __tablename__ = "conversation_daily_stats"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    inbox_id: Mapped[int] = mapped_column(ForeignKey("inboxes.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    conversations: Mapped[int] = mapped_column(default=0)
+    messages_in: Mapped[int] = mapped_column(default=0)
+    messages_out: Mapped[int] = mapped_column(default=0)

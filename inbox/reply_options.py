@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels.registry import channel_class
-from crm_core.consent import has_opted_out
+from crm_core.consent import withdrawn
 from inbox.lookup import conversation_with_inbox
 from parley.db import utcnow
 
@@ -73,7 +73,9 @@ async def reply_options(
             window=None,
             can_send_template=False,
         )
-    if await has_opted_out(session, contact_id=conversation.contact_id, channel=channel.consent_channel):
+    if await withdrawn(
+        session, contact_id=conversation.contact_id, channel=channel.consent_channel, purpose="transactional"
+    ):
         return ReplyOptions(
             channel=inbox.channel,
             can_reply=False,

@@ -97,6 +97,21 @@ class MediaStore:
         meta: dict[str, Any] = json.loads(raw)
         return meta
 
+    async def delete(self, key: str) -> bool:
+        """Remove a file and its sidecar; False if it was not there (deleting twice is harmless)."""
+
+        def unlink() -> bool:
+            path = self._path(key)
+            existed = path.exists()
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            return existed
+
+        try:
+            return await asyncio.to_thread(unlink)
+        except FileNotFoundError:  # a malformed key names no file
+            return False
+
     def key_of(self, url: str) -> str | None:
         """The key of a URL this store handed out, or None for anybody else's URL."""
         path = url.removeprefix(self.base_url) if self.base_url else url

@@ -20,6 +20,7 @@ TASK_TIMERS_TASK = "parley.task_timers"
 IDLE_DEALS_TASK = "parley.idle_deal_sweep"
 ROUTING_SWEEP_TASK = "parley.routing_sweep"
 TICKET_SLA_SWEEP_TASK = "parley.ticket_sla_sweep"
+RETENTION_TASK = "parley.retention_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -50,6 +51,8 @@ def celery_app(broker_url: str) -> Celery:
             "idle-deal-sweep": {"task": IDLE_DEALS_TASK, "schedule": 300.0},
             "routing-sweep": {"task": ROUTING_SWEEP_TASK, "schedule": 15.0},
             "ticket-sla-sweep": {"task": TICKET_SLA_SWEEP_TASK, "schedule": 15.0},
+            # Retention policies delete old resolved conversations (batched; safe with many workers).
+            "retention-sweep": {"task": RETENTION_TASK, "schedule": 3600.0},
         },
         timezone="UTC",
     )
@@ -61,6 +64,7 @@ def celery_app(broker_url: str) -> Celery:
     app.task(name=IDLE_DEALS_TASK)(idle_deal_sweep)
     app.task(name=ROUTING_SWEEP_TASK)(routing_sweep)
     app.task(name=TICKET_SLA_SWEEP_TASK)(ticket_sla_sweep)
+    app.task(name=RETENTION_TASK)(retention_sweep)
     _apps[broker_url] = app
     return app
 
@@ -130,6 +134,15 @@ def ticket_sla_sweep() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(sweep_ticket_sla(runtime["runtime"].db))
+    return result
+
+
+def retention_sweep() -> int:
+    """Delete the conversations past their tenant's retention policy; return how many."""
+    from gateway.wiring import sweep_retention
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(sweep_retention(runtime["runtime"]))
     return result
 
 

@@ -250,6 +250,11 @@ class Email(Channel):
         reply_to = self.reply_address(message.conversation_id) if message.conversation_id else None
         if reply_to is not None:
             mail["Reply-To"] = formataddr((self.from_name, reply_to)) if self.from_name else reply_to
+        if message.unsubscribe_url:
+            # RFC 8058: a mail client may POST `List-Unsubscribe=One-Click` to the https URL itself.
+            mailto = f"mailto:{self.from_address}?subject=unsubscribe"
+            mail["List-Unsubscribe"] = f"<{message.unsubscribe_url}>, <{mailto}>"
+            mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         mail.set_content(message.text)
         mail.add_alternative(_html_body(message.text), subtype="html")
         for attachment, data in attachments:

@@ -20,6 +20,7 @@ from gateway.api import (
     deals,
     inboxes,
     me,
+    privacy,
     search,
     sla,
     tasks,
@@ -55,6 +56,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     tickets.routes,
     csat.routes,
     webhooks.routes,
+    privacy.routes,
 )
 
 

@@ -43,6 +43,7 @@ from gateway.api.crm_schemas import (
     ScoreOut,
 )
 from gateway.api.permissions import Permission
+from gateway.api.privacy import audit_merge
 from gateway.api.routing import ApiRequest, RouteTable, field_errors
 from gateway.api.schemas import (
     ConsentOut,
@@ -476,6 +477,7 @@ async def _merge(call: ApiRequest, contact_id: int, body: MergeRequest, *, previ
     )
     if not preview:
         call.notify_after_commit()
+        await audit_merge(call, survivor.id, body.merge_id, report.merge_id)
     return MergeReportOut.model_validate(report.as_dict())
 
 

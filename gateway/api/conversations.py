@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from channels.base import Attachment, Button, Capabilities, Template
 from channels.registry import channel_class
-from crm_core.consent import has_opted_out
+from crm_core.consent import withdrawn
 from crm_core.models import Contact
 from gateway.api.conversation_actions import action_errors, conversation_out, filters_from
 from gateway.api.pagination import fetch_page
@@ -278,7 +278,13 @@ async def send_message(call: ApiRequest, *, conversation_id: int, body: MessageC
                 f"{window.total_seconds() / 3600:g} hours of the customer's last message. Send an approved "
                 "template instead (`template`: name, language, variables).",
             )
-    if await has_opted_out(call.session, contact_id=conversation.contact_id, channel=channel.consent_channel):
+    # Replies are transactional: refused after a withdrawal of `all` or of `transactional` (see delivery).
+    if await withdrawn(
+        call.session,
+        contact_id=conversation.contact_id,
+        channel=channel.consent_channel,
+        purpose="transactional",
+    ):
         raise ApiError(
             422,
             "recipient_opted_out",

@@ -35,17 +35,34 @@ class Permission(StrEnum):
     READ_REPORTS = "reports:read"  # CSAT and other floor reports: supervisors and admins
     MANAGE_WEBHOOKS = "webhooks:manage"  # outbound webhooks carry every event out: admins only
     IMPORT_CONTACTS = "contacts:import"  # CSV import and export: whole contact lists at once
+    # Privacy (GDPR): reading the audit log, erasing a contact and setting retention are the admins';
+    # a supervisor may also export what is held about a contact (to answer an access request).
+    READ_AUDIT_LOG = "audit_log:read"
+    EXPORT_CONTACTS = "contacts:export"
+    ERASE_CONTACTS = "contacts:erase"
+    MANAGE_RETENTION = "retention:manage"
 
 
 _EVERYTHING = frozenset(Permission)
+_ADMIN_ONLY = frozenset(
+    {
+        Permission.MANAGE_USERS,
+        Permission.MANAGE_WEBHOOKS,
+        Permission.READ_AUDIT_LOG,
+        Permission.ERASE_CONTACTS,
+        Permission.MANAGE_RETENTION,
+    }
+)
 _READ_CRM = frozenset({Permission.READ_CONTACTS, Permission.READ_CONVERSATIONS})
 
 GRANTS: Mapping[Role, frozenset[Permission]] = {
     Role.ADMIN: _EVERYTHING,
     # Supervisors run the floor (teams, routing, inboxes) but do not hand out roles.
-    Role.SUPERVISOR: _EVERYTHING - {Permission.MANAGE_USERS, Permission.MANAGE_WEBHOOKS},
+    Role.SUPERVISOR: _EVERYTHING - _ADMIN_ONLY,
     Role.AGENT: _EVERYTHING
+    - _ADMIN_ONLY
     - {
+        Permission.EXPORT_CONTACTS,
         Permission.MANAGE_INBOXES,
         Permission.MANAGE_USERS,
         Permission.MANAGE_ROUTING,

@@ -149,7 +149,14 @@
   var send = el("button", "send", null, "Send");
   send.type = "submit";
   [input, file, attach, send].forEach(function (n) { composer.appendChild(n); });
-  [header, offline, prechat, log, typing, error, composer].forEach(function (n) { panel.appendChild(n); });
+  // Consent: the visitor can decline marketing messages (recorded on their contact, audited).
+  var privacy = el("div", "privacy", { padding: "2px 12px 6px", fontSize: "12px", color: "#59636e" });
+  var noMarketing = el("button", "no-marketing", { background: "none", border: "0", padding: "0", color: "inherit", textDecoration: "underline", cursor: "pointer", font: "inherit" }, "Stop marketing messages");
+  noMarketing.type = "button";
+  var noMarketingDone = el("span", "no-marketing-done", { display: "none" }, "You will not receive marketing messages.");
+  privacy.appendChild(noMarketing);
+  privacy.appendChild(noMarketingDone);
+  [header, offline, prechat, log, typing, error, composer, privacy].forEach(function (n) { panel.appendChild(n); });
   root.appendChild(panel);
   root.appendChild(launcher);
 
@@ -343,6 +350,11 @@
         break;
       case "contact_saved":
         break;
+      case "consent_saved":
+        saved.marketingDeclined = !frame.granted;
+        save();
+        showMarketingChoice();
+        break;
       case "error":
         showError(frame.message);
         break;
@@ -413,6 +425,17 @@
   });
   input.addEventListener("input", function () {
     setTyping(input.value.length > 0);
+  });
+
+  function showMarketingChoice() {
+    show(noMarketing, !saved.marketingDeclined, "inline");
+    show(noMarketingDone, !!saved.marketingDeclined, "inline");
+  }
+  showMarketingChoice();
+  noMarketing.addEventListener("click", function () {
+    if (!transmit({ type: "consent", purpose: "marketing", granted: false })) {
+      showError("Not connected yet; try again in a moment.");
+    }
   });
 
   function giveContact(name, email, done) {

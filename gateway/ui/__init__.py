@@ -24,6 +24,7 @@ from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.csat_views import setup_csat_routes
 from gateway.ui.deal_views import setup_deal_routes
 from gateway.ui.inbox_views import setup_inbox_routes
+from gateway.ui.privacy_views import setup_privacy_routes
 from gateway.ui.task_views import setup_task_routes
 from gateway.ui.ticket_views import setup_ticket_routes
 from gateway.ui.timeline_views import setup_timeline_routes
@@ -85,3 +86,4 @@ def setup_ui(app: web.Application) -> None:
     setup_csat_routes(app)
     setup_ticket_routes(app)
     setup_webhook_routes(app)
+    setup_privacy_routes(app)

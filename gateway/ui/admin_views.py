@@ -194,6 +194,8 @@ def admin_tabs(ui: Ui) -> list[dict[str, str]]:
         ("users", "Users", Permission.MANAGE_USERS),
         ("teams", "Teams", Permission.MANAGE_ROUTING),
         ("webhooks", "Webhooks", Permission.MANAGE_WEBHOOKS),
+        ("audit", "Audit log", Permission.READ_AUDIT_LOG),
+        ("privacy", "Privacy", Permission.MANAGE_RETENTION),
     ]
     return [{"key": key, "label": label, "href": f"/admin/{key}"} for key, label, p in tabs if ui.may(p)]
 

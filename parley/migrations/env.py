@@ -12,13 +12,14 @@ import crm_core.import_models
 import crm_core.models
 import gateway.outbound_webhooks.models
 import inbox.models
+import parley.audit
 import parley.models
 import routing.models
 from parley.db import Base
 from parley.migrate import include_name
 
 # Every table must be known to autogenerate.
-_ = (crm_core.models, inbox.models, parley.models, routing.models)
+_ = (crm_core.models, inbox.models, parley.audit, parley.models, routing.models)
 _webhooks_imports = (crm_core.import_models, gateway.outbound_webhooks.models)
 target_metadata = Base.metadata
 config = context.config

@@ -26,6 +26,7 @@ from parley.models import ApiToken, OutboxEvent, Role
 from parley.settings import Settings
 from tests.conftest import SECRET_KEY, TenantAccess, eventually, make_tenant
 from tests.fakes.twilio_api import FakeTwilioApi
+from tests.gateway.test_privacy import PRIVACY_ROUTES
 from tests.routing.test_tasks_api import TASK_ROUTES
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -1020,6 +1021,7 @@ async def test_openapi_document_lists_every_route_and_validates(api: Api) -> Non
         | TASK_ROUTES
         | TICKET_ROUTES
         | WEBHOOK_AND_CSV_ROUTES
+        | PRIVACY_ROUTES
         == documented
     )
     # Everything but the document itself and the raw CSV routes is declared once.

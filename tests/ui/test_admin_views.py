@@ -61,7 +61,18 @@ def _admin_link(html: str) -> bool:
 @pytest.mark.parametrize(
     ("role", "home", "tabs"),
     [
-        (Role.ADMIN, "/admin/inboxes", {"/admin/inboxes", "/admin/users", "/admin/teams", "/admin/webhooks"}),
+        (
+            Role.ADMIN,
+            "/admin/inboxes",
+            {
+                "/admin/inboxes",
+                "/admin/users",
+                "/admin/teams",
+                "/admin/webhooks",
+                "/admin/audit",
+                "/admin/privacy",
+            },
+        ),
         (Role.SUPERVISOR, "/admin/inboxes", {"/admin/inboxes", "/admin/teams"}),
         (Role.AGENT, None, set()),
         (Role.MARKETER, None, set()),
