@@ -318,7 +318,8 @@ class TimelineEntry(Base):
     conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id", ondelete="SET NULL"))
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     deal_id: Mapped[int | None] = mapped_column(ForeignKey("deals.id", ondelete="SET NULL"))
-    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id", ondelete="SET NULL"))
+    # History outlives what it is about: a deleted ticket's entries keep its id (no foreign key).
+    ticket_id: Mapped[int | None] = mapped_column(BigInteger)
     # Campaigns are not built yet: a plain id until they land.
     campaign_id: Mapped[int | None] = mapped_column(BigInteger)
     source_event_id: Mapped[int] = mapped_column(BigInteger)

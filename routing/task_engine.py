@@ -48,6 +48,7 @@ from crm_core.tasks import (
     create_task,
     remind_time,
 )
+from crm_core.ticket_models import Ticket
 from inbox.models import Conversation
 from parley.db import Database, utcnow
 from parley.models import Presence, User
@@ -171,6 +172,16 @@ async def subject_of(session: AsyncSession, tenant_id: int, payload: Mapping[str
     team_id = _int(payload.get("team_id"))
     deal_owner = conversation_assignee = None
     context: dict[str, Any] = {}
+    if ticket_id is not None:
+        ticket = (
+            await session.execute(select(Ticket).where(Ticket.id == ticket_id, Ticket.tenant_id == tenant_id))
+        ).scalar_one_or_none()
+        if ticket is None:  # deleted meanwhile, or not this tenant's
+            ticket_id = None
+        else:
+            contact_id = contact_id or ticket.contact_id
+            team_id = team_id or ticket.team_id
+            context["ticket"] = {"id": ticket.id, "number": ticket.number, "subject": ticket.subject}
     if deal_id is not None:
         deal = (
             await session.execute(select(Deal).where(Deal.id == deal_id, Deal.tenant_id == tenant_id))

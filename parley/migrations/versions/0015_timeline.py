@@ -45,7 +45,7 @@ def upgrade() -> None:
         sa.Column("conversation_id", _ID, nullable=True),
         sa.Column("message_id", sa.BigInteger(), nullable=True),
         sa.Column("deal_id", _ID, nullable=True),
-        sa.Column("ticket_id", _ID, nullable=True),
+        sa.Column("ticket_id", sa.BigInteger(), nullable=True),
         sa.Column("campaign_id", sa.BigInteger(), nullable=True),
         sa.Column("source_event_id", sa.BigInteger(), nullable=False),
         sa.Column("created_at", _when(), nullable=False),
@@ -75,12 +75,6 @@ def upgrade() -> None:
         ),
         sa.ForeignKeyConstraint(
             ["deal_id"], ["deals.id"], name=op.f("fk_timeline_entries_deal_id_deals"), ondelete="SET NULL"
-        ),
-        sa.ForeignKeyConstraint(
-            ["ticket_id"],
-            ["tickets.id"],
-            name=op.f("fk_timeline_entries_ticket_id_tickets"),
-            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_timeline_entries")),
         sa.UniqueConstraint("source_event_id", name=op.f("uq_timeline_entries_source_event_id")),
