@@ -26,6 +26,7 @@ from parley.mailer import Mailer
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
 from routing.assigner import Assigner
+from routing.prioritizer import Prioritizer
 from routing.sla import SlaClocks
 
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
         sweeps: asyncio.Task[None] | None = None
         snoozes: asyncio.Task[None] | None = None
         sla_sweeps: asyncio.Task[None] | None = None
+        priority_sweeps: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
@@ -62,13 +64,15 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             sla_sweeps = asyncio.create_task(
                 SlaClocks(runtime.db).run_sweeps(notify=runtime.dispatcher.notify)
             )
+            # Waiting time raises computed priorities without an event.
+            priority_sweeps = asyncio.create_task(Prioritizer(runtime.db).run_sweeps())
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
             app[NOTIFIER] = celery
             await celery.start()
         yield
-        for sweep in (sweeps, snoozes, sla_sweeps):
+        for sweep in (sweeps, snoozes, sla_sweeps, priority_sweeps):
             if sweep is not None:
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)

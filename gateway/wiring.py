@@ -21,6 +21,9 @@ from parley.realtime import Hub, build_hub
 from parley.settings import Settings
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 from routing.escalation import Escalator, escalation_subscribers
+from routing.prioritizer import Prioritizer
+from routing.prioritizer import subscribe as subscribe_prioritizer
+from routing.prioritizer import sweep as sweep_priorities
 from routing.sla import SlaClocks, sla_subscribers
 
 
@@ -52,6 +55,8 @@ def build_subscribers(
     }
     # The customer writing wakes a snoozed conversation; this announces it.
     subscribers.setdefault("message.received", []).append(SnoozeWaker(db).on_message_received)
+    # Priority scoring; ahead of routing on the conversation's own topics (see `prioritizer.subscribe`).
+    subscribe_prioritizer(subscribers, Prioritizer(db))
     for topic, handlers in crm_subscribers(db).items():
         subscribers.setdefault(topic, []).extend(handlers)
     # After routing's: a conversation's SLA policy may depend on the team routing just gave it.
@@ -86,6 +91,11 @@ async def wake_snoozed(runtime: Runtime) -> int:
 async def sweep_sla(db: Database) -> int:
     """One SLA sweep (the Celery beat task's body): emit the warnings and breaches that came due."""
     return await SlaClocks(db).sweep()
+
+
+async def rescore_waiting(db: Database) -> int:
+    """One priority sweep (the Celery beat task's body): rescore conversations whose wait grew."""
+    return await sweep_priorities(db)
 
 
 def build_media_store(settings: Settings) -> MediaStore:

@@ -29,6 +29,7 @@ from inbox.models import (
     ConversationStatus,
     Label,
     Message,
+    PrioritySource,
 )
 from parley.db import utcnow
 from parley.outbox import emit
@@ -188,13 +189,19 @@ async def apply_status(
     return changes
 
 
-def apply_priority(conversation: Conversation, priority: str) -> Changes:
-    """Set the priority (none, low, medium, high, urgent); ActionError for anything else."""
+def apply_priority(conversation: Conversation, priority: str, *, set_by: int | None = None) -> Changes:
+    """Set the priority (none, low, medium, high, urgent) by hand; ActionError for anything else.
+
+    A priority set by a person stands over the computed one (`routing.prioritizer`) until the
+    conversation is resolved; `set_by` is who set it.
+    """
     try:
         value = ConversationPriority(priority)
     except ValueError:
         known = ", ".join(p.value for p in ConversationPriority)
         raise ActionError("invalid_priority", f"priority: {priority!r} is not one of {known}.") from None
+    conversation.priority_source = PrioritySource.MANUAL
+    conversation.priority_set_by_id = set_by
     if conversation.priority == value:
         return {}
     changes = {"priority": {"old": conversation.priority, "new": str(value)}}
@@ -238,7 +245,7 @@ async def set_priority(
 ) -> Conversation:
     """Set the priority and announce it."""
     conversation = await get_conversation(session, tenant_id, conversation_id, lock=True)
-    changes = apply_priority(conversation, priority)
+    changes = apply_priority(conversation, priority, set_by=user_id)
     if changes:
         await announce(session, conversation, changes, actor=Actor.user(user_id))
     return conversation
@@ -622,7 +629,10 @@ async def merge_conversations(
         PRIORITY_RANK[ConversationPriority(source.priority)]
         > PRIORITY_RANK[ConversationPriority(target.priority)]
     ):
-        target_changes |= apply_priority(target, source.priority)
+        target_changes |= apply_priority(target, source.priority, set_by=user_id)
+        # The priority came with the source: computed there, it stays the scorer's here.
+        target.priority_source = source.priority_source
+        target.priority_set_by_id = source.priority_set_by_id
     if source_was_active and target.status == ConversationStatus.RESOLVED:
         target_changes |= await apply_status(session, target, ConversationStatus.OPEN)
     target.last_message_at = _later(target.last_message_at, source.last_message_at)

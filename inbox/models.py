@@ -76,7 +76,7 @@ CONTENT_KEYS = (
     "recording",
     "voicemail",
     "mentions",
-    # What the bot layer understood the customer wants (`name` or {name, confidence}); priority scoring reads it.
+    # What the bot layer understood the customer wants (a name or {name, confidence}); scoring reads it.
     "intent",
 )
 

@@ -16,6 +16,7 @@ DISPATCH_TASK = "parley.dispatch"
 PURGE_TASK = "parley.purge_outbox"
 SNOOZE_TASK = "parley.wake_snoozed"
 SLA_SWEEP_TASK = "parley.sla_sweep"
+PRIORITY_SWEEP_TASK = "parley.priority_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -40,6 +41,8 @@ def celery_app(broker_url: str) -> Celery:
             "snooze-sweep": {"task": SNOOZE_TASK, "schedule": 15.0},
             # SLA warnings and breaches come due without an event: beat looks for them.
             "sla-sweep": {"task": SLA_SWEEP_TASK, "schedule": 15.0},
+            # Computed priorities grow with waiting time, which no event marks.
+            "priority-sweep": {"task": PRIORITY_SWEEP_TASK, "schedule": 30.0},
         },
         timezone="UTC",
     )
@@ -47,6 +50,7 @@ def celery_app(broker_url: str) -> Celery:
     app.task(name=PURGE_TASK)(purge_outbox)
     app.task(name=SNOOZE_TASK)(wake_snoozed)
     app.task(name=SLA_SWEEP_TASK)(sla_sweep)
+    app.task(name=PRIORITY_SWEEP_TASK)(priority_sweep)
     _apps[broker_url] = app
     return app
 
@@ -80,6 +84,15 @@ def sla_sweep() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(sweep_sla(runtime["runtime"].db))
+    return result
+
+
+def priority_sweep() -> int:
+    """Rescore conversations waiting on an agent; return how many changed priority."""
+    from gateway.wiring import rescore_waiting
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(rescore_waiting(runtime["runtime"].db))
     return result
 
 

@@ -112,7 +112,8 @@ def test_waiting_time_scores_per_minute_up_to_the_cap() -> None:
     assert waiting(14.9) == [("waiting 14 min", 14)]
     assert waiting(125) == [("waiting 2 h 5 min", 30)]
     half = ScoringConfig.from_dict({"waiting": {"points_per_minute": 0.5, "max_points": 100}})
-    assert [r.points for r in match(Signals(now=NOW, waiting_since=NOW - timedelta(minutes=30)), half)] == [15]
+    half_hour = Signals(now=NOW, waiting_since=NOW - timedelta(minutes=30))
+    assert [r.points for r in match(half_hour, half)] == [15]
 
 
 def test_the_vip_tag_counts_on_the_contact_or_the_conversation_in_any_case() -> None:
