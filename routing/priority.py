@@ -322,8 +322,20 @@ def assess(signals: Signals, config: ScoringConfig) -> Assessment:
     return Assessment(level_for(score, config.thresholds), score, reasons)
 
 
-def explain(priority: str, reasons: Iterable[Mapping[str, Any]] | None) -> str:
-    """ "Priority high because: open deal €12,000 · waiting 14 min" (plain text; escape it to show it)."""
+SOURCE_NOTES = {
+    "manual": "set by hand; scoring resumes once the conversation is resolved",
+    "escalation": "raised by an SLA escalation; scoring resumes once the conversation is resolved",
+}
+
+
+def explain(priority: str, reasons: Iterable[Mapping[str, Any]] | None, source: str = "computed") -> str:
+    """The sentence an agent reads: "Priority high because: open deal €12,000 · waiting 14 min".
+
+    Plain text: escape it to show it. A priority set by hand or by an escalation is not explained by
+    the scorer's reasons: it says who set it instead.
+    """
+    if source in SOURCE_NOTES:
+        return f"Priority {priority}, {SOURCE_NOTES[source]}"
     labels = [str(r.get("label", "")) for r in reasons or () if r.get("label")]
     if not labels:
         return f"Priority {priority}"

@@ -18,6 +18,7 @@ from gateway.api import (
     deals,
     inboxes,
     me,
+    priority,
     search,
     sla,
     typing_indicator,
@@ -32,6 +33,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     contacts.routes,
     # Before `conversations`: /conversations/counts must be tried before /conversations/{conversation_id}.
     conversation_actions.routes,
+    priority.routes,
     conversations.routes,
     typing_indicator.routes,
     assignment.routes,
