@@ -20,6 +20,7 @@ from gateway.ui.auth_views import setup_auth_routes
 from gateway.ui.composer_views import setup_composer_routes
 from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.inbox_views import setup_inbox_routes
+from gateway.ui.priority_views import setup_priority_ui
 from gateway.ui.web import security_headers
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -55,5 +56,6 @@ def setup_ui(app: web.Application) -> None:
     setup_account_routes(app)
     setup_contact_routes(app)
     setup_inbox_routes(app)
+    setup_priority_ui(app)
     setup_composer_routes(app)
     setup_admin_routes(app)
