@@ -106,6 +106,15 @@ async def announce(
 ) -> None:
     """Write the changes and their `conversation.updated` event in the session's transaction."""
     await session.flush()
+    await emit(
+        session, conversation.tenant_id, updated_event(conversation, changes, actor=actor, reason=reason)
+    )
+
+
+def updated_event(
+    conversation: Conversation, changes: Changes, *, actor: Actor, reason: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The `conversation.updated` event announcing `changes` (for callers emitting many at once)."""
     payload: dict[str, Any] = {
         "conversation_id": conversation.id,
         "inbox_id": conversation.inbox_id,
@@ -115,7 +124,7 @@ async def announce(
     }
     if reason is not None:
         payload["reason"] = reason
-    await emit(session, conversation.tenant_id, (UPDATED_TOPIC, payload))
+    return UPDATED_TOPIC, payload
 
 
 # --- status, snooze, priority --------------------------------------------------------------------

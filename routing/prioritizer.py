@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from crm_core.models import Contact, ContactTag, Deal, PipelineStage
-from inbox.actions import Actor, Changes, announce
+from inbox.actions import Actor, Changes, updated_event
 from inbox.listing import waiting_since_expression
 from inbox.models import (
     Conversation,
@@ -184,23 +184,47 @@ def apply(conversation: Conversation, assessment: Assessment, now: datetime) -> 
     return changes
 
 
-async def follow_in_queue(session: AsyncSession, conversation: Conversation, old: str) -> None:
-    """Move a waiting conversation to its new priority's place in the routing queue.
+def requeue(row: ConversationRouting | None, base: int, old: str, new: str) -> None:
+    """Move a waiting conversation's routing row from level `old`'s place in the queue to `new`'s.
 
-    The queue's integer priority is the inbox policy's default raised to the level's
+    The queue's integer priority is the inbox policy's default (`base`) raised to the level's
     (`ROUTING_PRIORITY`); one set by triage (the conversation's requirements) is only ever raised.
     """
-    row = await session.get(ConversationRouting, conversation.id)
     if row is None or row.state in (RoutingState.CLOSED, RoutingState.ASSIGNED):
         return
-    base = (
-        await session.execute(
-            select(RoutingPolicy.priority).where(RoutingPolicy.inbox_id == conversation.inbox_id)
-        )
-    ).scalar() or 0
-    new = max(base, ROUTING_PRIORITY.get(conversation.priority, 0))
+    wanted = max(base, ROUTING_PRIORITY.get(new, 0))
     derived = row.priority == max(base, ROUTING_PRIORITY.get(old, 0))
-    row.priority = new if derived else max(row.priority, new)
+    row.priority = wanted if derived else max(row.priority, wanted)
+
+
+async def _queue_places(
+    session: AsyncSession, conversations: Sequence[Conversation]
+) -> tuple[dict[int, ConversationRouting], dict[int, int]]:
+    """The conversations' routing rows, and their inboxes' default routing priority."""
+    ids = [c.id for c in conversations]
+    rows = {
+        r.conversation_id: r
+        for r in (
+            await session.scalars(
+                select(ConversationRouting).where(ConversationRouting.conversation_id.in_(ids))
+            )
+        ).all()
+    }
+    inboxes = {c.inbox_id for c in conversations}
+    bases = {
+        inbox_id: int(priority or 0)
+        for inbox_id, priority in await session.execute(
+            select(RoutingPolicy.inbox_id, RoutingPolicy.priority).where(RoutingPolicy.inbox_id.in_(inboxes))
+        )
+        if inbox_id is not None
+    }
+    return rows, bases
+
+
+async def follow_in_queue(session: AsyncSession, conversation: Conversation, old: str) -> None:
+    """Move the conversation in the routing queue after its priority changed from `old`."""
+    rows, bases = await _queue_places(session, [conversation])
+    requeue(rows.get(conversation.id), bases.get(conversation.inbox_id, 0), old, conversation.priority)
 
 
 async def recompute(
@@ -235,14 +259,19 @@ async def recompute(
             ).scalars()
         )
         signals = await load_signals(session, tenant_id, [c.id for c in conversations], now)
+        rows, bases = await _queue_places(session, conversations)
+        events = []
         for conversation in conversations:
             old = conversation.priority
             changes = apply(conversation, assess(signals[conversation.id], config), now)
             if changes:
-                await follow_in_queue(session, conversation, old)
-                await announce(session, conversation, changes, actor=SCORER, reason=SCORED)
+                requeue(
+                    rows.get(conversation.id), bases.get(conversation.inbox_id, 0), old, conversation.priority
+                )
+                events.append(updated_event(conversation, changes, actor=SCORER, reason=SCORED))
                 moved.append(conversation.id)
         await session.flush()
+        await emit(session, tenant_id, *events)  # one INSERT for the batch's announcements
     return moved
 
 

@@ -15,6 +15,7 @@ or label on the conversation. Points are never negative, so adding a signal neve
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,8 +24,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from babel.core import UnknownLocaleError
-from babel.numbers import UnknownCurrencyError, format_currency, get_currency_precision
+from babel.core import Locale
+from babel.numbers import UnknownCurrencyError, format_currency, get_currency_precision, parse_pattern
 
 LEVELS = ("none", "low", "medium", "high", "urgent")
 THRESHOLD_LEVELS = LEVELS[1:]
@@ -82,6 +83,8 @@ DEFAULT_CONFIG: Mapping[str, Any] = {
 
 def fold(text: str) -> str:
     """Text as phrases are compared: accents dropped, case folded ("Kündigen" → "kundigen")."""
+    if text.isascii():
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
@@ -235,16 +238,19 @@ class Assessment:
         return [reason.as_dict() for reason in self.reasons]
 
 
-def format_money(amount_minor: int, currency: str, *, locale: str = "en") -> str:
-    """ "€12,000" for 1200000 EUR: the currency's minor units, no decimals when they are zero."""
+_LOCALE = Locale.parse("en")
+_WHOLE = parse_pattern("¤#,##0")
+
+
+@functools.lru_cache(maxsize=4096)
+def format_money(amount_minor: int, currency: str) -> str:
+    """Money as agents read it: "€12,000" for 1200000 EUR (minor units; no decimals when they are zero)."""
     try:
-        digits = get_currency_precision(currency)
-        amount = Decimal(amount_minor).scaleb(-digits)
-        whole = amount == amount.to_integral_value()
-        return format_currency(
-            amount, currency, locale=locale, format="¤#,##0" if whole else None, currency_digits=not whole
-        )
-    except (UnknownCurrencyError, UnknownLocaleError, ValueError):
+        amount = Decimal(amount_minor).scaleb(-get_currency_precision(currency))
+        if amount == amount.to_integral_value():
+            return str(_WHOLE.apply(amount, _LOCALE, currency=currency, currency_digits=False))
+        return format_currency(amount, currency, locale=_LOCALE)
+    except (UnknownCurrencyError, ValueError):
         return f"{Decimal(amount_minor).scaleb(-2):,.2f} {currency}"
 
 
@@ -286,7 +292,8 @@ def _urgency_reasons(texts: Sequence[str], config: ScoringConfig) -> list[Reason
 def match(signals: Signals, config: ScoringConfig) -> list[Reason]:
     """Every reason the conversation scores points for, strongest signal kinds in a fixed order."""
     reasons: list[Reason] = []
-    if any(fold(tag) == fold(config.vip_tag) for tag in signals.tags) and config.vip_points > 0:
+    vip = fold(config.vip_tag)
+    if config.vip_points > 0 and any(fold(tag) == vip for tag in signals.tags):
         reasons.append(Reason(VIP, "VIP", config.vip_points))
     deal = _deal_reason(signals.open_deals, config)
     if deal is not None:

@@ -10,7 +10,7 @@ from routing.priority import explain
 
 
 def priority_why(conversation: Conversation) -> str:
-    """ "Priority high because: open deal €12,000 · waiting 14 min", or who set it (plain text)."""
+    """The sentence saying why the conversation has its priority, or who set it (plain text)."""
     return explain(conversation.priority, conversation.priority_reasons, conversation.priority_source)
 
 
