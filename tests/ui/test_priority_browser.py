@@ -9,6 +9,7 @@ from playwright.async_api import expect
 
 from crm_core.models import ContactTag, Deal, Pipeline, PipelineStage
 from parley.db import Database
+from parley.outbox import emit
 from routing.prioritizer import recompute
 from tests.ui.conftest import Browsing, ParleyServer, make_agent, screenshot
 from tests.ui.inbox_seed import add_message, make_contact, make_conversation, make_inbox
@@ -55,6 +56,19 @@ async def test_the_thread_header_explains_the_priority_and_who_overrode_it(
     await expect(badge).to_have_text("high")
     await expect(badge).to_have_attribute("aria-describedby", f"priority-why-{cid}")
     await screenshot(page, "priority-thread-header")
+
+    # The customer writes again: the server's dispatcher rescores, and the open header follows live.
+    message = await add_message(db, cid, "This is an emergency, it is urgent!")
+    async with db.transaction() as session:
+        payload = {"message_id": message, "conversation_id": cid, "inbox_id": inbox, "contact_id": contact[0]}
+        await emit(session, agent.tenant_id, ("message.received", payload))
+    await expect(why).to_have_text(
+        re.compile(
+            r"Priority urgent because: open deal €12,000 · waiting 1[45] min · "
+            r"said 'emergency' · said 'urgent'"
+        )
+    )
+    await expect(page.locator("#thread-head .prio")).to_have_text("urgent")
 
     await page.locator(f"#priority-{cid}").select_option("low")
     await expect(why).to_have_text(
