@@ -70,7 +70,10 @@ async def test_the_thread_header_explains_the_priority_and_who_overrode_it(
     )
     await expect(page.locator("#thread-head .prio")).to_have_text("urgent")
 
-    await page.locator(f"#priority-{cid}").select_option("low")
+    # Live refreshes re-render the header: let them finish before using its menu.
+    await page.wait_for_load_state("networkidle")
+    async with page.expect_response(lambda r: r.url.endswith(f"/inbox/c/{cid}/priority")):
+        await page.locator(f"#priority-{cid}").select_option("low")
     await expect(why).to_have_text(
         re.compile(r"Priority low, set by Ada Agent\. It stands until the conversation is resolved")
     )
