@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import Page, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from crm_core.models import ContactTag, Deal, Pipeline, PipelineStage
 from parley.db import Database
@@ -15,6 +16,32 @@ from tests.ui.conftest import Browsing, ParleyServer, make_agent, screenshot
 from tests.ui.inbox_seed import add_message, make_contact, make_conversation, make_inbox
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+# htmx marks the elements it has taken over; a change on a menu swapped in an instant earlier is not.
+_TAKEN_OVER = """(id) => {
+    const form = document.getElementById(id)?.form;
+    return Boolean(form?.['htmx-internal-data']?.initHash);
+}"""
+
+
+async def set_priority_in_header(page: Page, cid: int, level: str) -> None:
+    """Pick a priority in the header's menu, as an agent does once live refreshes have settled."""
+    menu = page.locator(f"#priority-{cid}")
+    for attempt in range(3):
+        await page.wait_for_load_state("networkidle")
+        await page.wait_for_function(_TAKEN_OVER, arg=f"priority-{cid}")
+        try:
+            async with page.expect_response(
+                lambda r: r.url.endswith(f"/inbox/c/{cid}/priority"), timeout=5000
+            ):
+                if attempt == 0 or await menu.input_value() != level:
+                    await menu.select_option(level)
+                else:  # a live refresh replaced the menu as it was used: the agent picks again
+                    await menu.dispatch_event("change")
+            return
+        except PlaywrightTimeoutError:
+            continue
+    raise AssertionError("the priority menu never sent its form")
 
 
 async def test_the_thread_header_explains_the_priority_and_who_overrode_it(
@@ -70,10 +97,7 @@ async def test_the_thread_header_explains_the_priority_and_who_overrode_it(
     )
     await expect(page.locator("#thread-head .prio")).to_have_text("urgent")
 
-    # Live refreshes re-render the header: let them finish before using its menu.
-    await page.wait_for_load_state("networkidle")
-    async with page.expect_response(lambda r: r.url.endswith(f"/inbox/c/{cid}/priority")):
-        await page.locator(f"#priority-{cid}").select_option("low")
+    await set_priority_in_header(page, cid, "low")
     await expect(why).to_have_text(
         re.compile(r"Priority low, set by Ada Agent\. It stands until the conversation is resolved")
     )
