@@ -414,6 +414,14 @@ class Prioritizer:
             ids = await _unresolved_of_contact(session, event.tenant_id, int(event.payload["contact_id"]))
             await recompute(session, event.tenant_id, ids)
 
+    async def on_contact_merged(self, event: Event) -> None:
+        """`contact.merged`: the survivor's conversations (theirs and the ones moved in) take its signals."""
+        if event.tenant_id is None or event.payload.get("survivor_id") is None:
+            return
+        async with self.db.transaction() as session:
+            ids = await _unresolved_of_contact(session, event.tenant_id, int(event.payload["survivor_id"]))
+            await recompute(session, event.tenant_id, ids)
+
     async def on_deal_event(self, event: Event) -> None:
         """`deal.updated`, `deal.stage_changed`: rescore the deal's contact's conversations."""
         if event.tenant_id is None:
@@ -485,6 +493,7 @@ def subscribe(subscribers: dict[str, list[Handler]], prioritizer: Prioritizer) -
         "conversation.updated": prioritizer.on_conversation_updated,
         "contact.updated": prioritizer.on_contact_event,
         "contact.lifecycle_changed": prioritizer.on_contact_event,
+        "contact.merged": prioritizer.on_contact_merged,
         "deal.opened": prioritizer.on_contact_event,
         "deal.updated": prioritizer.on_deal_event,
         "deal.stage_changed": prioritizer.on_deal_event,

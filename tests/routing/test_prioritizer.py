@@ -202,6 +202,25 @@ async def test_vip_tag_lifecycle_and_open_deals_rescore_the_contacts_conversatio
     await dispatcher.drain()
     assert why(await conversation(db, cid)) == ["VIP", "lifecycle: churned"]
 
+    # Merging another contact into this one: the merged contact's conversations take its signals.
+    other_contact = await add_contact(db, tenant.tenant_id)
+    moved = await open_conversation(
+        db, tenant.tenant_id, await add_inbox(db, tenant.tenant_id), other_contact
+    )
+    await dispatcher.drain()
+    assert why(await conversation(db, moved)) == []
+    async with db.transaction() as session:  # as crm_core.merge does, in short
+        row = await session.get(Conversation, moved)
+        assert row is not None
+        row.contact_id = contact
+        await emit(
+            session,
+            tenant.tenant_id,
+            ("contact.merged", {"survivor_id": contact, "merged_id": other_contact}),
+        )
+    await dispatcher.drain()
+    assert why(await conversation(db, moved)) == ["VIP", "lifecycle: churned"]
+
     # A label on the conversation counts as the VIP tag too, and changing labels rescores.
     other = await open_conversation(db, tenant.tenant_id, await add_inbox(db, tenant.tenant_id))
     await dispatcher.drain()
