@@ -28,6 +28,7 @@ from parley.mailer import Mailer
 from parley.metrics import HTTP_LATENCY
 from parley.settings import Settings
 from routing.assigner import Assigner
+from routing.prioritizer import Prioritizer
 from routing.sla import SlaClocks
 from routing.task_engine import TaskEngine
 from routing.task_timers import TaskTimers
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
         task_sweeps: list[asyncio.Task[None]] = []
         ticket_sweeps: asyncio.Task[None] | None = None
         retention: asyncio.Task[None] | None = None
+        priority_sweeps: asyncio.Task[None] | None = None
         celery: CeleryNotifier | None = None
         if in_process:
             app[NOTIFIER] = runtime.dispatcher
@@ -80,13 +82,15 @@ def create_app(settings: Settings, *, dispatch_in_process: bool | None = None) -
             )
             # Retention deletes old resolved conversations hourly.
             retention = asyncio.create_task(RetentionSweeper(runtime.db, runtime.media).run_sweeps())
+            # Waiting time raises computed priorities without an event.
+            priority_sweeps = asyncio.create_task(Prioritizer(runtime.db).run_sweeps())
         else:
             assert settings.redis_url is not None
             celery = CeleryNotifier(settings.redis_url)
             app[NOTIFIER] = celery
             await celery.start()
         yield
-        for sweep in (sweeps, snoozes, sla_sweeps, ticket_sweeps, retention, *task_sweeps):
+        for sweep in (sweeps, snoozes, sla_sweeps, ticket_sweeps, retention, priority_sweeps, *task_sweeps):
             if sweep is not None:
                 sweep.cancel()
                 await asyncio.gather(sweep, return_exceptions=True)

@@ -28,6 +28,9 @@ from parley.settings import Settings
 from parley.unsubscribe import UnsubscribeSigner
 from routing.assigner import PROFILE_CHANGED_TOPIC, Assigner
 from routing.escalation import Escalator, escalation_subscribers
+from routing.prioritizer import Prioritizer
+from routing.prioritizer import subscribe as subscribe_prioritizer
+from routing.prioritizer import sweep as sweep_priorities
 from routing.sla import SlaClocks, sla_subscribers
 from routing.task_engine import TaskEngine, task_rule_subscribers
 from routing.task_timers import TaskMailer, TaskTimers, task_timer_subscribers
@@ -68,6 +71,8 @@ def build_subscribers(
     }
     # The customer writing wakes a snoozed conversation; this announces it.
     subscribers.setdefault("message.received", []).append(SnoozeWaker(db).on_message_received)
+    # Priority scoring; ahead of routing on the conversation's own topics (see `prioritizer.subscribe`).
+    subscribe_prioritizer(subscribers, Prioritizer(db))
     for topic, handlers in crm_subscribers(db).items():
         subscribers.setdefault(topic, []).extend(handlers)
     # The CRM timeline (crm_core.timeline, inbox.timeline_feed).
@@ -147,6 +152,11 @@ async def sweep_ticket_sla(db: Database) -> int:
 async def sweep_retention(runtime: Runtime) -> int:
     """Apply every tenant's retention policy (the Celery beat task's body); return conversations deleted."""
     return (await run_retention(runtime.db, runtime.media)).conversations
+
+
+async def rescore_waiting(db: Database) -> int:
+    """One priority sweep (the Celery beat task's body): rescore conversations whose wait grew."""
+    return await sweep_priorities(db)
 
 
 def build_media_store(settings: Settings) -> MediaStore:

@@ -29,6 +29,7 @@ from inbox.models import (
     ConversationStatus,
     Label,
     Message,
+    PrioritySource,
 )
 from parley.db import utcnow
 from parley.outbox import emit
@@ -105,6 +106,15 @@ async def announce(
 ) -> None:
     """Write the changes and their `conversation.updated` event in the session's transaction."""
     await session.flush()
+    await emit(
+        session, conversation.tenant_id, updated_event(conversation, changes, actor=actor, reason=reason)
+    )
+
+
+def updated_event(
+    conversation: Conversation, changes: Changes, *, actor: Actor, reason: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The `conversation.updated` event announcing `changes` (for callers emitting many at once)."""
     payload: dict[str, Any] = {
         "conversation_id": conversation.id,
         "inbox_id": conversation.inbox_id,
@@ -114,7 +124,7 @@ async def announce(
     }
     if reason is not None:
         payload["reason"] = reason
-    await emit(session, conversation.tenant_id, (UPDATED_TOPIC, payload))
+    return UPDATED_TOPIC, payload
 
 
 # --- status, snooze, priority --------------------------------------------------------------------
@@ -188,13 +198,19 @@ async def apply_status(
     return changes
 
 
-def apply_priority(conversation: Conversation, priority: str) -> Changes:
-    """Set the priority (none, low, medium, high, urgent); ActionError for anything else."""
+def apply_priority(conversation: Conversation, priority: str, *, set_by: int | None = None) -> Changes:
+    """Set the priority (none, low, medium, high, urgent) by hand; ActionError for anything else.
+
+    A priority set by a person stands over the computed one (`routing.prioritizer`) until the
+    conversation is resolved; `set_by` is who set it.
+    """
     try:
         value = ConversationPriority(priority)
     except ValueError:
         known = ", ".join(p.value for p in ConversationPriority)
         raise ActionError("invalid_priority", f"priority: {priority!r} is not one of {known}.") from None
+    conversation.priority_source = PrioritySource.MANUAL
+    conversation.priority_set_by_id = set_by
     if conversation.priority == value:
         return {}
     changes = {"priority": {"old": conversation.priority, "new": str(value)}}
@@ -238,7 +254,7 @@ async def set_priority(
 ) -> Conversation:
     """Set the priority and announce it."""
     conversation = await get_conversation(session, tenant_id, conversation_id, lock=True)
-    changes = apply_priority(conversation, priority)
+    changes = apply_priority(conversation, priority, set_by=user_id)
     if changes:
         await announce(session, conversation, changes, actor=Actor.user(user_id))
     return conversation
@@ -622,7 +638,10 @@ async def merge_conversations(
         PRIORITY_RANK[ConversationPriority(source.priority)]
         > PRIORITY_RANK[ConversationPriority(target.priority)]
     ):
-        target_changes |= apply_priority(target, source.priority)
+        target_changes |= apply_priority(target, source.priority, set_by=user_id)
+        # The priority came with the source: computed there, it stays the scorer's here.
+        target.priority_source = source.priority_source
+        target.priority_set_by_id = source.priority_set_by_id
     if source_was_active and target.status == ConversationStatus.RESOLVED:
         target_changes |= await apply_status(session, target, ConversationStatus.OPEN)
     target.last_message_at = _later(target.last_message_at, source.last_message_at)

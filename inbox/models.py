@@ -21,6 +21,17 @@ class ConversationStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+class PrioritySource(StrEnum):
+    """Who set a conversation's priority: the scorer (`routing.priority`), an agent, or an SLA escalation.
+
+    A manual or escalated priority stands over the computed one until the conversation is resolved.
+    """
+
+    COMPUTED = "computed"
+    MANUAL = "manual"
+    ESCALATION = "escalation"
+
+
 class ConversationPriority(StrEnum):
     """How urgent a conversation is, as an agent set it; `PRIORITY_RANK` orders them."""
 
@@ -67,6 +78,8 @@ CONTENT_KEYS = (
     "recording",
     "voicemail",
     "mentions",
+    # What the bot layer understood the customer wants (a name or {name, confidence}); scoring reads it.
+    "intent",
 )
 
 
@@ -146,6 +159,16 @@ class Conversation(Base):
     priority: Mapped[str] = mapped_column(
         String(10), default=ConversationPriority.NONE, server_default=ConversationPriority.NONE.value
     )
+    # Priority scoring (migration 0013): who set `priority`, and the computed score with its reasons
+    # ([{signal, label, points}], kept even while a manual priority stands). Server defaults, because the
+    # pipeline inserts conversations in raw SQL.
+    priority_source: Mapped[str] = mapped_column(
+        String(12), default=PrioritySource.COMPUTED, server_default=PrioritySource.COMPUTED.value
+    )
+    priority_set_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    priority_score: Mapped[int | None]
+    priority_reasons: Mapped[list[Any] | None]
+    priority_scored_at: Mapped[datetime | None]
     # Status `snoozed` with no time: until the customer's next message.
     snoozed_until: Mapped[datetime | None]
     # When an agent last snoozed it. The inbound pipeline wakes a snoozed conversation in the same

@@ -21,6 +21,7 @@ IDLE_DEALS_TASK = "parley.idle_deal_sweep"
 ROUTING_SWEEP_TASK = "parley.routing_sweep"
 TICKET_SLA_SWEEP_TASK = "parley.ticket_sla_sweep"
 RETENTION_TASK = "parley.retention_sweep"
+PRIORITY_SWEEP_TASK = "parley.priority_sweep"
 
 _apps: dict[str, Celery] = {}
 _local = threading.local()
@@ -53,6 +54,8 @@ def celery_app(broker_url: str) -> Celery:
             "ticket-sla-sweep": {"task": TICKET_SLA_SWEEP_TASK, "schedule": 15.0},
             # Retention policies delete old resolved conversations (batched; safe with many workers).
             "retention-sweep": {"task": RETENTION_TASK, "schedule": 3600.0},
+            # Computed priorities grow with waiting time, which no event marks.
+            "priority-sweep": {"task": PRIORITY_SWEEP_TASK, "schedule": 30.0},
         },
         timezone="UTC",
     )
@@ -65,6 +68,7 @@ def celery_app(broker_url: str) -> Celery:
     app.task(name=ROUTING_SWEEP_TASK)(routing_sweep)
     app.task(name=TICKET_SLA_SWEEP_TASK)(ticket_sla_sweep)
     app.task(name=RETENTION_TASK)(retention_sweep)
+    app.task(name=PRIORITY_SWEEP_TASK)(priority_sweep)
     _apps[broker_url] = app
     return app
 
@@ -143,6 +147,15 @@ def retention_sweep() -> int:
 
     runtime = _runtime()
     result: int = runtime["loop"].run_until_complete(sweep_retention(runtime["runtime"]))
+    return result
+
+
+def priority_sweep() -> int:
+    """Rescore conversations waiting on an agent; return how many changed priority."""
+    from gateway.wiring import rescore_waiting
+
+    runtime = _runtime()
+    result: int = runtime["loop"].run_until_complete(rescore_waiting(runtime["runtime"].db))
     return result
 
 

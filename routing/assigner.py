@@ -43,6 +43,7 @@ from routing.models import (
     TeamMember,
 )
 from routing.presence import ANSWERING_ROLES
+from routing.sla import ROUTING_PRIORITY
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +394,8 @@ async def enqueue(session: AsyncSession, tenant_id: int, conversation_id: int, n
         "required_skills": dict(policy.required_skills),
         "language": policy.language,
         "territory": str(territory)[:20].upper() if isinstance(territory, str) and territory else None,
-        "priority": policy.priority,
+        # The conversation's own level (computed, set by hand or escalated) raises the policy's default.
+        "priority": max(policy.priority, ROUTING_PRIORITY.get(conversation.priority, 0)),
         "previous_agent_id": previous,
         "queued_at": now,
         "assigned_at": None,

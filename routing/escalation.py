@@ -37,7 +37,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_core.tasks import DEFAULT_REMINDER_LEAD, TaskType, create_task, remind_time
-from inbox.models import Conversation, ConversationStatus
+from inbox.models import Conversation, ConversationStatus, PrioritySource
 from parley.db import Database, utcnow
 from parley.mailer import Mailer, MailNotSent
 from parley.models import Presence, Role, User
@@ -310,6 +310,8 @@ async def _raise_priority(
         return None  # already there or higher: nothing to do, and nothing wrong either
     if hasattr(Conversation, "priority"):  # branch `actions`: conversations carry their own level
         setattr(conversation, "priority", new)  # noqa: B010 - the column is not on this branch yet
+        # An escalated priority stands over the computed one until resolved (`routing.prioritizer`).
+        conversation.priority_source = PrioritySource.ESCALATION
     await assigner.lock_tenant(session, incident.tenant_id)
     routing = await session.get(ConversationRouting, conversation.id, with_for_update=True)
     if routing is None:

@@ -260,3 +260,14 @@ class SlaEscalationRun(Base):
     outcome: Mapped[str] = mapped_column(String(10))  # done, failed (a permanent refusal)
     detail: Mapped[str | None] = mapped_column(Text)
     performed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PriorityScoringConfig(Base):
+    """A tenant's priority scoring settings (`routing.priority.ScoringConfig` as JSON); none: the defaults."""
+
+    __tablename__ = "priority_scoring_configs"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

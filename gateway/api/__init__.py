@@ -20,6 +20,7 @@ from gateway.api import (
     deals,
     inboxes,
     me,
+    priority,
     privacy,
     search,
     sla,
@@ -41,6 +42,7 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     contacts.routes,
     # Before `conversations`: /conversations/counts must be tried before /conversations/{conversation_id}.
     conversation_actions.routes,
+    priority.routes,
     conversations.routes,
     typing_indicator.routes,
     assignment.routes,

@@ -176,7 +176,7 @@ async def update_conversation(
                 call.session, conversation, status, snoozed_until=body.snoozed_until
             )
         if body.priority is not None:
-            changes |= apply_priority(conversation, body.priority)
+            changes |= apply_priority(conversation, body.priority, set_by=call.principal.user_id)
     if "assignee_id" in body.model_fields_set and body.assignee_id != conversation.assignee_id:
         if body.assignee_id is not None:
             user = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -26,6 +26,7 @@ from inbox.listing import SORTS, VIEWS, Sort, View
 from inbox.models import ConversationPriority, ConversationStatus, MessageStatus
 from parley.auth import normalise_email
 from parley.models import Presence, Role
+from routing.priority import explain as explain_priority
 
 V = TypeVar("V")
 
@@ -496,6 +497,14 @@ class LabelSummary(ResponseBody):
     color: str
 
 
+class PriorityReason(ResponseBody):
+    """One reason for a computed priority: "open deal €12,000" (`deal`) scoring 30 points."""
+
+    signal: Literal["lifecycle", "deal", "urgency", "intent", "waiting", "vip"]
+    label: str
+    points: int
+
+
 class ConversationOut(ResponseBody):
     id: int
     inbox_id: int
@@ -516,6 +525,31 @@ class ConversationOut(ResponseBody):
     merged_into_id: int | None = Field(description="The conversation this one was merged into.")
     labels: list[LabelSummary] = Field(default_factory=list)
     unread_count: int = Field(0, description="Customer messages the caller has not read.")
+    priority_source: Literal["computed", "manual", "escalation"] = Field(
+        "computed",
+        description="Who set `priority`: priority scoring, an agent (`priority_set_by_id`) or an SLA "
+        "escalation. A manual or escalated priority stands until the conversation is resolved.",
+    )
+    priority_set_by_id: int | None = Field(None, description="The agent who set a manual priority.")
+    priority_score: int | None = Field(None, description="The computed score (null: not scored yet).")
+    priority_reasons: list[PriorityReason] = Field(
+        default_factory=list, description="Why the computed score is what it is, strongest signals first."
+    )
+    priority_explanation: str = Field(
+        "", description='"Priority high because: open deal €12,000 · waiting 14 min" (plain text).'
+    )
+
+    @field_validator("priority_reasons", mode="before")
+    @classmethod
+    def _no_reasons(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _explain(self) -> Self:
+        if not self.priority_explanation:
+            reasons = [r.model_dump() for r in self.priority_reasons]
+            self.priority_explanation = explain_priority(str(self.priority), reasons, self.priority_source)
+        return self
 
 
 class ConversationDetail(ConversationOut):

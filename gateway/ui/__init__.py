@@ -24,6 +24,7 @@ from gateway.ui.contact_views import setup_contact_routes
 from gateway.ui.csat_views import setup_csat_routes
 from gateway.ui.deal_views import setup_deal_routes
 from gateway.ui.inbox_views import setup_inbox_routes
+from gateway.ui.priority_views import setup_priority_ui
 from gateway.ui.privacy_views import setup_privacy_routes
 from gateway.ui.task_views import setup_task_routes
 from gateway.ui.ticket_views import setup_ticket_routes
@@ -80,6 +81,7 @@ def setup_ui(app: web.Application) -> None:
     setup_timeline_routes(app)
     setup_deal_routes(app)
     setup_inbox_routes(app)
+    setup_priority_ui(app)
     setup_composer_routes(app)
     setup_admin_routes(app)
     setup_task_routes(app)

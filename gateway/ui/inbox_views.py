@@ -452,6 +452,7 @@ async def _thread_context(
         "messages": views,
         "earlier": earlier,
         "assignee": users.get(conversation.assignee_id or 0),
+        "priority_set_by": users.get(conversation.priority_set_by_id or 0),
         "agents": agents,
         "teams": teams,
         "team_id": routing.team_id if routing is not None else None,

@@ -403,7 +403,14 @@ async def test_the_list_views_filters_sorts_and_counts(api: Api) -> None:
     assert await ids(agent, view="mine") == [mine]
     assert await ids(agent, view="unassigned") == [resolved, waiting]  # the newest first
     assert await ids(status="open", sort="waiting") == [waiting, mine]  # `mine` was answered
-    assert await ids(sort="priority") == [mine, resolved, waiting]
+
+    # Priority scoring rescores `waiting` when its labels change: 30 minutes waiting make it medium.
+    async def idle() -> bool:
+        return await api.count(OutboxEvent, OutboxEvent.completed_at.is_(None)) == 0
+
+    api.client.app[NOTIFIER].notify()
+    await eventually(idle)
+    assert await ids(sort="priority") == [mine, waiting, resolved]
     assert await ids(channel="twilio_sms", status="open") == [mine, waiting]
     assert await ids(channel="email") == []
     assert await ids(label="SHIPPING") == [waiting]

@@ -1,7 +1,7 @@
 """CRM timeline: timeline_entries (deal, ticket, campaign, consent, lifecycle, merge and conversation events)
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-11-24 13:30:00
 """
 
@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql
 import parley.db
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
