@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from parley.db import Base, Database
@@ -43,3 +43,18 @@ async def test_upgrade_is_idempotent_and_records_the_head(db: Database) -> None:
             "messages",
             "outbox_events",
         } <= await conn.run_sync(tables)
+
+
+# Indexes on expressions, which the comparison with the models cannot see (SQLAlchemy does not
+# reflect them), and which a SQLite table rebuild in a later migration would silently drop.
+EXPRESSION_INDEXES = {"ix_conversations_list_newest"}
+
+
+async def test_expression_indexes_survive_every_later_migration(db: Database) -> None:
+    if db.is_sqlite:
+        query = "SELECT name FROM sqlite_master WHERE type = 'index'"
+    else:
+        query = "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+    async with db.engine.connect() as conn:
+        present = set((await conn.execute(text(query))).scalars())
+    assert present >= EXPRESSION_INDEXES

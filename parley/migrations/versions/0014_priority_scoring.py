@@ -28,7 +28,29 @@ def _json() -> sa.types.TypeEngine[Any]:
     return sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 
+# SQLite rebuilds `conversations` to add a foreign key, and a rebuild drops expression indexes
+# (SQLAlchemy cannot reflect them): the inbox list's index is taken down and put back around it.
+_LIST_NEWEST = "ix_conversations_list_newest"
+
+
+def _drop_list_index_for_rebuild() -> bool:
+    if op.get_bind().dialect.name != "sqlite":
+        return False
+    op.drop_index(_LIST_NEWEST, table_name="conversations", if_exists=True)
+    return True
+
+
+def _restore_list_index() -> None:
+    op.create_index(
+        _LIST_NEWEST,
+        "conversations",
+        ["tenant_id", "status", sa.text("coalesce(last_message_at, created_at) DESC"), sa.text("id DESC")],
+        unique=False,
+    )
+
+
 def upgrade() -> None:
+    rebuilt = _drop_list_index_for_rebuild()
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("priority_source", sa.String(length=12), server_default="computed", nullable=False)
@@ -46,6 +68,8 @@ def upgrade() -> None:
             ["id"],
             ondelete="SET NULL",
         )
+    if rebuilt:
+        _restore_list_index()
     # Priorities set before scoring existed were set by people: they stay until resolved.
     op.execute("UPDATE conversations SET priority_source = 'manual' WHERE priority <> 'none'")
     op.create_table(
@@ -72,6 +96,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("priority_scoring_configs")
+    rebuilt = _drop_list_index_for_rebuild()
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("fk_conversations_priority_set_by_id_users"), type_="foreignkey")
         batch_op.drop_column("priority_scored_at")
@@ -79,3 +104,5 @@ def downgrade() -> None:
         batch_op.drop_column("priority_score")
         batch_op.drop_column("priority_set_by_id")
         batch_op.drop_column("priority_source")
+    if rebuilt:
+        _restore_list_index()
