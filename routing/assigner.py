@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import phonenumbers
 from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -357,11 +358,23 @@ async def _write(
     await emit(session, tenant_id, *events)
 
 
+def _phone_country(phone: str | None) -> str | None:
+    """The country an E.164 number belongs to (`+49…` → `DE`), when the contact has no country."""
+    if not phone:
+        return None
+    try:
+        region = phonenumbers.region_code_for_number(phonenumbers.parse(phone, None))
+    except phonenumbers.NumberParseException:
+        return None
+    # "001" for non-geographic numbers (+800, +882…), "ZZ" when unknown: no country either way.
+    return region if region and region.isalpha() and region != "ZZ" else None
+
+
 async def enqueue(session: AsyncSession, tenant_id: int, conversation_id: int, now: datetime) -> bool:
     """Put a conversation in the queue with what its inbox's policy asks; False if it needs no routing."""
     found = (
         await session.execute(
-            select(Conversation, Inbox.channel, Contact.attributes)
+            select(Conversation, Inbox.channel, Contact.attributes, Contact.phone)
             .join(Inbox, Inbox.id == Conversation.inbox_id)
             .join(Contact, Contact.id == Conversation.contact_id)
             .where(Conversation.id == conversation_id, Conversation.tenant_id == tenant_id)
@@ -369,7 +382,7 @@ async def enqueue(session: AsyncSession, tenant_id: int, conversation_id: int, n
     ).one_or_none()
     if found is None:
         return False
-    conversation, channel, attributes = found
+    conversation, channel, attributes, phone = found
     if conversation.status == ConversationStatus.RESOLVED or conversation.assignee_id is not None:
         return False
     policy = await _policy(session, conversation.inbox_id)
@@ -381,7 +394,9 @@ async def enqueue(session: AsyncSession, tenant_id: int, conversation_id: int, n
             .limit(1)
         )
     ).scalar()
-    territory = (attributes or {}).get("country") or (attributes or {}).get("territory")
+    territory = (
+        (attributes or {}).get("country") or (attributes or {}).get("territory") or _phone_country(phone)
+    )
     values: dict[str, Any] = {
         "tenant_id": tenant_id,
         "contact_id": conversation.contact_id,

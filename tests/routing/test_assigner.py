@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest_asyncio
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from crm_core.models import Contact
 from gateway.wiring import routing_subscribers
 from parley.db import Database
 from parley.models import OutboxEvent, Presence
@@ -208,6 +209,23 @@ async def test_territory_from_the_contacts_country(db: Database, dispatcher: Dis
     await dispatcher.drain()
 
     assert await assignees(db, conversation) == [german]
+
+
+async def test_without_a_country_the_territory_comes_from_the_phone_number(
+    db: Database, dispatcher: Dispatcher
+) -> None:
+    tenant = await make_tenant(db, "acme")
+    await add_agent(db, tenant.tenant_id, territories=["DE"])
+    british = await add_agent(db, tenant.tenant_id, territories=["GB"])
+    inbox = await add_inbox(db, tenant.tenant_id, strategies=["territory"])
+    contact = await add_contact(db, tenant.tenant_id)
+    async with db.transaction() as session:
+        await session.execute(update(Contact).where(Contact.id == contact).values(phone="+442079460958"))
+
+    conversation = await open_conversation(db, tenant.tenant_id, inbox, contact)
+    await dispatcher.drain()
+
+    assert await assignees(db, conversation) == [british]
 
 
 async def test_a_team_inbox_overflows_to_another_team_after_the_wait(
