@@ -91,6 +91,18 @@ def postgres_server() -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+async def _connect_when_ready(dsn: str, timeout: float = 60.0) -> asyncpg.Connection:
+    """Connect, waiting while a just-started server still answers "the database system is starting up"."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await asyncpg.connect(dsn)
+        except (asyncpg.CannotConnectNowError, ConnectionError, OSError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh, empty database URL: an SQLite file, or a new database on the test server."""
@@ -100,7 +112,7 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     server = make_url(request.getfixturevalue("postgres_server"))
     name = f"parley_test_{uuid.uuid4().hex[:12]}"
     admin_dsn = server.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    conn = await asyncpg.connect(admin_dsn)
+    conn = await _connect_when_ready(admin_dsn)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
