@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -43,9 +44,18 @@ redis_proc = redis_factories.redis_proc(port=None)
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port to listen on later. Chosen below the kernel's ephemeral range (32768 and up), which
+    outgoing connections draw from: a port the kernel handed out as free could be taken by one of
+    them before the server under test binds it."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def postgres_bindir() -> str:
