@@ -42,6 +42,13 @@ PG_CTL = str(Path(__file__).parent / "support" / "pg_ctl")
 
 redis_proc = redis_factories.redis_proc(port=None)
 
+# What the dispatcher's handlers write in reaction to an inbound message (routing queues it, scoring
+# sets its priority, the CRM moves the contact's lifecycle), at a moment that depends on timing:
+# tests about what the pipeline itself wrote leave these out.
+FOLLOW_UP_TOPICS = frozenset(
+    {"conversation.queued", "conversation.assigned", "conversation.updated", "contact.lifecycle_changed"}
+)
+
 
 def free_port() -> int:
     """A port to listen on later. Chosen below the kernel's ephemeral range (32768 and up), which

@@ -23,7 +23,7 @@ from inbox.service import queue_outbound
 from parley.db import Database
 from parley.models import OutboxEvent
 from parley.settings import Settings
-from tests.conftest import TenantAccess, eventually, make_tenant, message_row
+from tests.conftest import FOLLOW_UP_TOPICS, TenantAccess, eventually, make_tenant, message_row
 from tests.fakes.telegram_api import (
     DEFAULT_WEBHOOK_SECRET,
     USER_ID,
@@ -126,7 +126,7 @@ async def test_a_text_update_creates_contact_conversation_and_message(gateway: G
         topics = sorted(
             (
                 await session.execute(
-                    select(OutboxEvent.topic).where(OutboxEvent.topic != "conversation.queued")
+                    select(OutboxEvent.topic).where(OutboxEvent.topic.not_in(FOLLOW_UP_TOPICS))
                 )
             )
             .scalars()

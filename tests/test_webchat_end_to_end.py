@@ -33,7 +33,7 @@ from inbox.models import Conversation, Message
 from parley.db import Database
 from parley.models import OutboxEvent, Role
 from parley.settings import Settings
-from tests.conftest import TenantAccess, eventually, make_tenant, message_row
+from tests.conftest import FOLLOW_UP_TOPICS, TenantAccess, eventually, make_tenant, message_row
 
 ORIGIN = "https://shop.example.com"
 IDENTITY_SECRET = "identity-secret-0123456789"
@@ -110,7 +110,7 @@ class Gateway:
     async def topics(self) -> list[str]:
         async with self.db.sessionmaker() as session:
             topics = (await session.execute(select(OutboxEvent.topic).order_by(OutboxEvent.id))).scalars()
-            return [t for t in topics if t != "inbox.created"]
+            return [t for t in topics if t != "inbox.created" and t not in FOLLOW_UP_TOPICS]
 
 
 async def make_webchat_inbox(
