@@ -161,14 +161,11 @@ async def test_a_second_update_joins_the_open_conversation(gateway: Gateway) -> 
     assert await gateway.count(Conversation) == 1
     photo = await gateway.last_message()
     assert photo.body == "The box arrived like this"
-    assert photo.attachments == [
-        {
-            "url": "tg-file:AgACAgQAAxkBAAIBZ2aZ-large",
-            "content_type": "image/jpeg",
-            "filename": None,
-            "size": 84216,
-        }
-    ]
+    # The pipeline stores Telegram's file reference; the media fetcher, running in the background,
+    # may already have replaced it by the media store's copy.
+    (attachment,) = photo.attachments
+    assert (attachment["content_type"], attachment["size"]) == ("image/jpeg", 84216)
+    assert attachment["url"] == "tg-file:AgACAgQAAxkBAAIBZ2aZ-large" or "tg-file:" not in attachment["url"]
 
 
 async def test_the_same_update_posted_10_times_concurrently_is_stored_once(gateway: Gateway) -> None:
