@@ -22,7 +22,6 @@ queue's integer priority maps onto the same levels with `ROUTING_PRIORITY` when 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from inbox.models import Conversation, ConversationStatus, Message
 from parley.db import Database, utcnow
 from parley.outbox import Event, emit
+from parley.sweeping import sweep_forever
 from routing.calendars import BusinessCalendar, add_business_time, business_time_between, calendar_from_row
 from routing.models import BusinessCalendarRecord, ConversationRouting, RoutingPolicy, SlaClock, SlaPolicy
 
@@ -533,15 +533,7 @@ class SlaClocks:
 
     async def run_sweeps(self, *, interval: float = 15.0, notify: Callable[[], None] | None = None) -> None:
         """Sweep every `interval` seconds until cancelled; `notify` wakes the dispatcher after emitting."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if await self.sweep() and notify is not None:
-                    notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive a database hiccup
-                logger.exception("SLA sweep failed; retrying")
+        await sweep_forever(self.sweep, interval=interval, what="SLA sweep", notify=notify)
 
 
 def sla_subscribers(clocks: SlaClocks) -> dict[str, list[Callable[[Event], Any]]]:

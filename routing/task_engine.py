@@ -24,7 +24,6 @@ worked on gets a new task, while the next sweeps over the same idle spell create
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -53,6 +52,7 @@ from inbox.models import Conversation
 from parley.db import Database, utcnow
 from parley.models import Presence, User
 from parley.outbox import Event
+from parley.sweeping import sweep_forever
 from routing.assigner import lock_tenant
 from routing.calendars import BusinessCalendar, add_business_time, calendar_from_row
 from routing.escalation import pick_supervisor
@@ -498,15 +498,7 @@ class TaskEngine:
 
     async def run_sweeps(self, *, interval: float = 300.0, notify: Callable[[], None] | None = None) -> None:
         """Sweep idle deals every `interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if await self.sweep_idle_deals() and notify is not None:
-                    notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive a database hiccup
-                logger.exception("idle-deal sweep failed; retrying")
+        await sweep_forever(self.sweep_idle_deals, interval=interval, what="idle-deal sweep", notify=notify)
 
 
 def task_rule_subscribers(engine: TaskEngine) -> dict[str, list[Callable[[Event], Any]]]:

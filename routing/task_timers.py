@@ -19,7 +19,6 @@ the SMTP server's acceptance and the event's completion sends one mail again).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -43,6 +42,7 @@ from parley.db import Database, utcnow
 from parley.mailer import Mailer, MailNotSent
 from parley.models import User
 from parley.outbox import Event, RetryLater, emit
+from parley.sweeping import sweep_forever
 from routing.escalation import pick_supervisor
 
 logger = logging.getLogger(__name__)
@@ -200,15 +200,7 @@ class TaskTimers:
 
     async def run_sweeps(self, *, interval: float = 15.0, notify: Callable[[], None] | None = None) -> None:
         """Sweep every `interval` seconds until cancelled; `notify` wakes the dispatcher after firing."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if await self.sweep() and notify is not None:
-                    notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive a database hiccup
-                logger.exception("task timer sweep failed; retrying")
+        await sweep_forever(self.sweep, interval=interval, what="task timer sweep", notify=notify)
 
 
 class TaskMailer:

@@ -10,7 +10,6 @@ per ticket (a conditional UPDATE … RETURNING, `SKIP LOCKED` on PostgreSQL).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_core.ticket_models import SLA_RUNNING, Ticket, TicketStatus, TicketStatusChange
 from parley.db import Database, utcnow
 from parley.outbox import Event, emit
+from parley.sweeping import sweep_forever
 from routing.calendars import BusinessCalendar, add_business_time, business_time_between
 from routing.models import SlaPolicy
 from routing.sla import policy_calendar
@@ -156,15 +156,7 @@ class TicketSla:
 
     async def run_sweeps(self, *, interval: float = 15.0, notify: Callable[[], None] | None = None) -> None:
         """Sweep every `interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if await self.sweep() and notify is not None:
-                    notify()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the loop must outlive a database hiccup
-                logger.exception("ticket SLA sweep failed; retrying")
+        await sweep_forever(self.sweep, interval=interval, what="ticket SLA sweep", notify=notify)
 
 
 def ticket_sla_subscribers(sla: TicketSla) -> dict[str, list[Callable[[Event], Any]]]:
